@@ -1,0 +1,114 @@
+"""Checks that catch a configuration that cannot run before any process group is created."""
+
+from __future__ import annotations
+
+from megatron_polar.config.loader import ConfigError
+from megatron_polar.config.schema import PolarConfig
+
+_CHOICES = {
+    "model.transformer_impl": ("auto", "transformer_engine", "local"),
+    "model.recompute_granularity": (None, "selective", "full"),
+    "model.recompute_method": (None, "uniform", "block"),
+    "model.fp8": (None, "e4m3", "hybrid"),
+    "model.fp8_recipe": ("delayed", "tensorwise", "blockwise", "mxfp8"),
+    "model.fp8_amax_compute_algo": ("max", "most_recent"),
+    "parallel.backend": ("auto", "nccl", "gloo"),
+    "data.layout": ("packed", "padded"),
+    "train.stage": ("pretrain", "sft"),
+    "train.precision": ("bf16", "fp16", "fp32"),
+    "train.nan_policy": ("skip", "stop"),
+    "logging.wandb_mode": ("disabled", "offline", "online"),
+}
+
+
+def _get(cfg: PolarConfig, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _auto_or_positive(value, key: str, kind: type) -> None:
+    if value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{key} must be a positive number or 'auto', got {value!r}")
+    if kind is int and int(value) != value:
+        raise ConfigError(f"{key} must be an integer or 'auto', got {value!r}")
+
+
+def validate_model(cfg: PolarConfig) -> None:
+    """Shape checks that do not depend on the world size."""
+    m, p = cfg.model, cfg.parallel
+    if m.num_attention_heads % m.num_query_groups:
+        raise ConfigError(
+            f"model.num_query_groups={m.num_query_groups} must divide "
+            f"model.num_attention_heads={m.num_attention_heads}"
+        )
+    if m.hidden_size % m.num_attention_heads:
+        raise ConfigError(
+            f"model.hidden_size={m.hidden_size} must be a multiple of "
+            f"model.num_attention_heads={m.num_attention_heads}"
+        )
+    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+    if tp < 1 or pp < 1:
+        raise ConfigError("parallel.tensor_model_parallel_size and pipeline_model_parallel_size must be >= 1")
+    if m.num_attention_heads % tp or m.num_query_groups % tp:
+        raise ConfigError(
+            f"parallel.tensor_model_parallel_size={tp} must divide model.num_attention_heads="
+            f"{m.num_attention_heads} and model.num_query_groups={m.num_query_groups}; "
+            f"choose a TP size from {[d for d in range(1, m.num_query_groups + 1) if m.num_query_groups % d == 0]}"
+        )
+    if m.ffn_hidden_size % tp:
+        raise ConfigError(f"parallel.tensor_model_parallel_size={tp} must divide model.ffn_hidden_size={m.ffn_hidden_size}")
+    chunks = pp * (p.virtual_pipeline_model_parallel_size or 1)
+    if m.num_layers % chunks:
+        raise ConfigError(
+            f"model.num_layers={m.num_layers} must be divisible by parallel.pipeline_model_parallel_size={pp}"
+            + (
+                f" x parallel.virtual_pipeline_model_parallel_size={p.virtual_pipeline_model_parallel_size}"
+                if p.virtual_pipeline_model_parallel_size
+                else ""
+            )
+        )
+    if p.virtual_pipeline_model_parallel_size and pp < 2:
+        raise ConfigError("parallel.virtual_pipeline_model_parallel_size needs pipeline_model_parallel_size >= 2")
+    if p.sequence_parallel and tp == 1:
+        raise ConfigError("parallel.sequence_parallel needs parallel.tensor_model_parallel_size > 1")
+    for key in ("reward_token_id", "split_token_id"):
+        tok = getattr(m, key)
+        if tok is not None and not 0 <= tok < m.vocab_size:
+            raise ConfigError(f"model.{key}={tok} is outside the vocabulary [0, model.vocab_size={m.vocab_size})")
+    if m.recompute_granularity == "full" and m.recompute_method is None:
+        raise ConfigError("model.recompute_granularity=full needs model.recompute_method (uniform or block)")
+    if m.fp8 is not None and cfg.train.precision == "fp32":
+        raise ConfigError("model.fp8 needs train.precision=bf16 (or fp16)")
+    if m.fp8 is not None and m.transformer_impl == "local":
+        raise ConfigError("model.fp8 needs model.transformer_impl=transformer_engine or auto")
+
+
+def validate(cfg: PolarConfig) -> None:
+    """Raise :class:`ConfigError` naming the key of the first problem found."""
+    for key, choices in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not one of {list(choices)}")
+    validate_model(cfg)
+    _auto_or_positive(cfg.optim.lr, "optim.lr", float)
+    _auto_or_positive(cfg.train.global_batch_size, "train.global_batch_size", int)
+    if cfg.train.micro_batch_size < 1:
+        raise ConfigError("train.micro_batch_size must be >= 1")
+    if not 0 <= cfg.optim.warmup_fraction < 1:
+        raise ConfigError("optim.warmup_fraction must be in [0, 1)")
+    if not 0 <= cfg.optim.min_lr_ratio <= 1:
+        raise ConfigError("optim.min_lr_ratio must be in [0, 1]")
+    if not 0 <= cfg.data.valid_fraction < 1:
+        raise ConfigError("data.valid_fraction must be in [0, 1)")
+    if cfg.data.seq_length < 8 or cfg.data.seq_length > cfg.model.max_position_embeddings:
+        raise ConfigError(
+            f"data.seq_length={cfg.data.seq_length} must be in [8, model.max_position_embeddings="
+            f"{cfg.model.max_position_embeddings}]"
+        )
+    for i, spec in enumerate(cfg.data.train + cfg.data.valid):
+        if spec.weight <= 0:
+            raise ConfigError(f"data.train/valid[{i}].weight must be > 0, got {spec.weight}")

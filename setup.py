@@ -1,0 +1,48 @@
+"""Install megatron_polar and data_tools.
+
+Ranges here admit the newer megatron-core and torch found on GPU clusters; requirements-dev.txt pins
+the exact development environment (Python 3.11, CPU).
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron_polar",
+    version="0.1.0",
+    description="Pre-train and fine-tune POLAR reward models on megatron-core",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_polar*", "data_tools*"]),
+    install_requires=[
+        "torch>=2.6",
+        "megatron-core>=0.16.1",
+        "numpy>=1.26",
+        "hydra-core>=1.3.2,<1.4",
+        "sentencepiece>=0.2.0",
+        "tokenizers>=0.20",
+        "safetensors>=0.4",
+        "psutil>=5.9",
+        "zstandard>=0.22",
+        "tqdm>=4.66",
+        "tensorboard>=2.15",
+        "wandb>=0.17",
+    ],
+    extras_require={
+        # Transformer Engine for PyTorch; NVIDIA's PyTorch container already ships it (and apex).
+        "gpu": ["transformer-engine[pytorch]>=2.3"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.6",
+            "transformers>=4.45",
+            "matplotlib>=3.8",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "polar-train=megatron_polar.train:main",
+            "polar-data=data_tools.__main__:main",
+        ]
+    },
+)
