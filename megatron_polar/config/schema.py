@@ -8,7 +8,7 @@ number are typed ``Any`` (OmegaConf has no unions) and checked in :func:`validat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -28,18 +28,18 @@ class ModelConfig:
     rotary_base: float = 10000.0  # RoPE theta (InternLM2.5 / POLAR-7B: 5e7)
     norm_epsilon: float = 1e-5  # RMSNorm epsilon
     init_method_std: float = 0.02  # std of the normal weight initialisation
-    reward_token_id: Optional[int] = None  # token whose hidden state is scored; null: from the data
-    split_token_id: Optional[int] = None  # token between reference and candidate; null: from the data
+    reward_token_id: int | None = None  # token whose hidden state is scored; null: from the data
+    split_token_id: int | None = None  # token between reference and candidate; null: from the data
     transformer_impl: str = "auto"  # auto | transformer_engine | local (auto: TE when it imports)
-    recompute_granularity: Optional[str] = None  # null | selective | full
-    recompute_method: Optional[str] = None  # uniform | block (with full recomputation)
-    recompute_num_layers: Optional[int] = None  # layers per recompute chunk (full recomputation)
-    fp8: Optional[str] = None  # null | e4m3 | hybrid (Transformer Engine only)
+    recompute_granularity: str | None = None  # null | selective | full
+    recompute_method: str | None = None  # uniform | block (with full recomputation)
+    recompute_num_layers: int | None = None  # layers per recompute chunk (full recomputation)
+    fp8: str | None = None  # null | e4m3 | hybrid (Transformer Engine only)
     fp8_recipe: str = "delayed"  # delayed | tensorwise | blockwise | mxfp8
     fp8_amax_history_len: int = 1024  # amax history window for delayed scaling
     fp8_amax_compute_algo: str = "max"  # max | most_recent
     fp8_margin: int = 0  # scaling-factor margin
-    base_model_tokens: Optional[float] = None  # tokens the base LLM saw (Dp), for "auto" lr/batch
+    base_model_tokens: float | None = None  # tokens the base LLM saw (Dp), for "auto" lr/batch
 
 
 @dataclass
@@ -48,7 +48,7 @@ class ParallelConfig:
 
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
-    virtual_pipeline_model_parallel_size: Optional[int] = None  # interleaved schedule chunks
+    virtual_pipeline_model_parallel_size: int | None = None  # interleaved schedule chunks
     sequence_parallel: bool = False  # shard activations along the sequence inside TP regions
     use_distributed_optimizer: bool = True  # shard optimizer state across data-parallel ranks
     overlap_grad_reduce: bool = True  # overlap the gradient reduce-scatter with backward
@@ -99,26 +99,26 @@ class TrainConfig:
     stage: str = "pretrain"  # pretrain | sft (sets defaults only; both use the same loss)
     global_batch_size: Any = 16  # pairs (padded) or rows (packed) per step, or "auto"
     micro_batch_size: int = 1  # pairs (padded) or rows (packed) per forward pass
-    train_iters: Optional[int] = None  # optimizer steps; null: one epoch over the training data
+    train_iters: int | None = None  # optimizer steps; null: one epoch over the training data
     eval_interval: int = 100  # steps between validations (0: only at the end)
-    eval_iters: Optional[int] = None  # validation batches; null: the whole validation set
+    eval_iters: int | None = None  # validation batches; null: the whole validation set
     precision: str = "bf16"  # bf16 | fp16 | fp32
     seed: int = 1234  # model initialisation seed
     nan_policy: str = "skip"  # skip: drop the step's update | stop: save nothing and exit
-    exit_after_iters: Optional[int] = None  # stop cleanly (with a save) after this many steps
+    exit_after_iters: int | None = None  # stop cleanly (with a save) after this many steps
     deterministic: bool = False  # bitwise-reproducible kernels where available
-    rm_tokens: Optional[float] = None  # RM training tokens (Drm), input of the "auto" scaling laws
+    rm_tokens: float | None = None  # RM training tokens (Drm), input of the "auto" scaling laws
 
 
 @dataclass
 class CheckpointConfig:
     """megatron-core dist_checkpointing saves and resume."""
 
-    dir: Optional[str] = None  # where checkpoints go; null: <run_dir>/checkpoints
+    dir: str | None = None  # where checkpoints go; null: <run_dir>/checkpoints
     save_interval: int = 1000  # steps between saves (0: only at the end)
     keep_last: int = 3  # complete checkpoints kept; older ones are deleted
     resume: bool = True  # resume from the newest complete checkpoint in `dir`
-    pretrained: Optional[str] = None  # weights-only start (SFT from a pre-trained RM, or an import)
+    pretrained: str | None = None  # weights-only start (SFT from a pre-trained RM, or an import)
     save_optimizer: bool = True  # include optimizer and scheduler state
 
 
@@ -131,7 +131,7 @@ class LoggingConfig:
     tensorboard: bool = True
     wandb_mode: str = "disabled"  # disabled | offline | online
     wandb_project: str = "megatron_polar"
-    wandb_name: Optional[str] = None
+    wandb_name: str | None = None
     level: str = "INFO"
 
 

@@ -60,7 +60,9 @@ def validate_model(cfg: PolarConfig) -> None:
             f"choose a TP size from {[d for d in range(1, m.num_query_groups + 1) if m.num_query_groups % d == 0]}"
         )
     if m.ffn_hidden_size % tp:
-        raise ConfigError(f"parallel.tensor_model_parallel_size={tp} must divide model.ffn_hidden_size={m.ffn_hidden_size}")
+        raise ConfigError(
+            f"parallel.tensor_model_parallel_size={tp} must divide model.ffn_hidden_size={m.ffn_hidden_size}"
+        )
     chunks = pp * (p.virtual_pipeline_model_parallel_size or 1)
     if m.num_layers % chunks:
         raise ConfigError(
@@ -72,13 +74,17 @@ def validate_model(cfg: PolarConfig) -> None:
             )
         )
     if p.virtual_pipeline_model_parallel_size and pp < 2:
-        raise ConfigError("parallel.virtual_pipeline_model_parallel_size needs pipeline_model_parallel_size >= 2")
+        raise ConfigError(
+            "parallel.virtual_pipeline_model_parallel_size needs pipeline_model_parallel_size >= 2"
+        )
     if p.sequence_parallel and tp == 1:
         raise ConfigError("parallel.sequence_parallel needs parallel.tensor_model_parallel_size > 1")
     for key in ("reward_token_id", "split_token_id"):
         tok = getattr(m, key)
         if tok is not None and not 0 <= tok < m.vocab_size:
-            raise ConfigError(f"model.{key}={tok} is outside the vocabulary [0, model.vocab_size={m.vocab_size})")
+            raise ConfigError(
+                f"model.{key}={tok} is outside the vocabulary [0, model.vocab_size={m.vocab_size})"
+            )
     if m.recompute_granularity == "full" and m.recompute_method is None:
         raise ConfigError("model.recompute_granularity=full needs model.recompute_method (uniform or block)")
     if m.fp8 is not None and cfg.train.precision == "fp32":

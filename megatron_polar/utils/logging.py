@@ -25,7 +25,11 @@ class _RankFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.rank = _rank()
-        return record.rank == 0 or getattr(record, "all_ranks", False) or os.environ.get("POLAR_LOG_ALL_RANKS") == "1"
+        return (
+            record.rank == 0
+            or getattr(record, "all_ranks", False)
+            or os.environ.get("POLAR_LOG_ALL_RANKS") == "1"
+        )
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -1,0 +1,106 @@
+"""Build this rank's reward-model chunks: layer spec choice, pipeline stages and virtual chunks."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+from megatron.core.enums import ModelType
+from megatron.core.models.gpt.gpt_layer_specs import (
+    get_gpt_layer_local_spec,
+    get_gpt_layer_with_transformer_engine_spec,
+)
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+from megatron_polar.config.loader import ConfigError
+from megatron_polar.config.schema import PolarConfig
+from megatron_polar.config.to_mcore import transformer_config
+from megatron_polar.model.reward_model import PolarRewardModel, stage_flags
+from megatron_polar.parallel import cpu_backend
+from megatron_polar.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+@functools.cache
+def have_transformer_engine() -> bool:
+    """True when Transformer Engine for PyTorch imports (and megatron-core's TE extension with it)."""
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+        from megatron.core.extensions import transformer_engine as _  # noqa: F401
+    except Exception:  # ImportError, or a TE build that does not match the CUDA driver
+        return False
+    return True
+
+
+def resolve_use_te(cfg: PolarConfig) -> bool:
+    """Whether to use the Transformer Engine spec: ``auto`` picks it when TE imports on a GPU."""
+    impl = cfg.model.transformer_impl
+    available = have_transformer_engine() and not cpu_backend.is_enabled()
+    if impl == "transformer_engine" and not available:
+        raise ConfigError(
+            "model.transformer_impl=transformer_engine but Transformer Engine is not usable here"
+        )
+    return available if impl == "auto" else impl == "transformer_engine"
+
+
+def layer_spec(use_te: bool) -> ModuleSpec:
+    """The transformer-layer spec. The local spec gets an arbitrary-mask attention so that the explicit
+    (block-diagonal) causal mask is honoured rather than replaced by a built-in causal one."""
+    if use_te:
+        return get_gpt_layer_with_transformer_engine_spec()
+    spec = copy.deepcopy(get_gpt_layer_local_spec(normalization="RMSNorm"))
+    spec.submodules.self_attention.params["attn_mask_type"] = AttnMaskType.arbitrary
+    return spec
+
+
+def build_model_chunks(cfg: PolarConfig, use_te: bool | None = None) -> list[PolarRewardModel]:
+    """This rank's model chunks (one, or ``virtual_pipeline_model_parallel_size`` when interleaving)."""
+    if use_te is None:
+        use_te = resolve_use_te(cfg)
+    if cfg.parallel.sequence_parallel and not use_te:
+        raise ConfigError(
+            "parallel.sequence_parallel=true needs the Transformer Engine spec (megatron-core's local norms "
+            "do not support it); set parallel.sequence_parallel=false or run where TE is installed"
+        )
+    on_gpu = not cpu_backend.is_enabled() and torch.cuda.is_available()
+    tconfig = transformer_config(cfg, use_te=use_te, on_gpu=on_gpu)
+    spec = layer_spec(use_te)
+    vpp = cfg.parallel.virtual_pipeline_model_parallel_size
+    chunks = []
+    for vp_stage in range(vpp) if vpp else [None]:
+        pre, post = stage_flags(vp_stage)
+        model = PolarRewardModel(
+            config=tconfig,
+            layer_spec=spec,
+            vocab_size=cfg.model.vocab_size,
+            max_sequence_length=cfg.model.max_position_embeddings,
+            rotary_base=cfg.model.rotary_base,
+            pre_process=pre,
+            post_process=post,
+            vp_stage=vp_stage,
+        )
+        model.model_type = ModelType.encoder_or_decoder
+        if on_gpu:
+            model.cuda(torch.cuda.current_device())
+        chunks.append(model)
+    log.info(
+        "built %d chunk(s) with the %s spec, %d parameters on this rank",
+        len(chunks),
+        "Transformer Engine" if use_te else "local",
+        sum(p.numel() for c in chunks for p in c.parameters()),
+    )
+    return chunks
+
+
+def count_parameters(cfg: PolarConfig) -> int:
+    """Parameters of the whole reward model (no LM head), computed from the shapes alone."""
+    m = cfg.model
+    head_dim = m.hidden_size // m.num_attention_heads
+    qkv = m.hidden_size * (m.num_attention_heads + 2 * m.num_query_groups) * head_dim
+    attn_out = m.num_attention_heads * head_dim * m.hidden_size
+    mlp = 3 * m.hidden_size * m.ffn_hidden_size
+    per_layer = qkv + attn_out + mlp + 2 * m.hidden_size
+    return m.vocab_size * m.hidden_size + m.num_layers * per_layer + m.hidden_size + m.hidden_size

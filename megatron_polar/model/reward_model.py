@@ -1,0 +1,181 @@
+"""The POLAR reward model: megatron-core's decoder trunk with a scalar reward head and no LM head.
+
+A sequence is ``prompt + reference <split> prompt + candidate <reward>``; the reward is a bias-free
+linear map of the final-norm hidden state at the reward token. Two batch layouts are supported:
+
+* padded rows: one sequence per row, causal attention; pad tokens after the reward token never
+  influence it.
+* packed rows: several sequences per row and no attention across them. With Transformer Engine this is
+  the THD layout (``PackedSeqParams`` with ``cu_seqlens``); with the local spec it is an explicit
+  block-diagonal causal mask and position ids that restart at each sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from megatron.core import parallel_state as ps
+from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
+from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlock
+from torch import Tensor
+
+
+@dataclass
+class RewardBatch:
+    """One micro-batch as the model consumes it.
+
+    ``reward_index`` holds flat positions (``row * seq_length + column``) of the reward tokens, shaped
+    ``[pairs, 2]`` with column 0 the chosen and column 1 the rejected sequence (or ``[n, 1]`` when only
+    scoring). ``attention_mask`` is boolean ``[rows, 1, s, s]`` with True = masked (local spec), and
+    ``packed_seq_params`` the THD description (Transformer Engine); at most one of them is set.
+    """
+
+    tokens: Tensor  # [rows, s] int64
+    position_ids: Tensor  # [rows, s] int64
+    reward_index: Tensor  # [pairs, 2] int64
+    attention_mask: Tensor | None = None
+    packed_seq_params: PackedSeqParams | None = None
+    num_real_tokens: int = 0  # non-padding tokens, for throughput accounting
+
+    def to(self, device: torch.device) -> RewardBatch:
+        move = lambda t: t.to(device, non_blocking=True) if isinstance(t, Tensor) else t  # noqa: E731
+        psp = self.packed_seq_params
+        if psp is not None:
+            psp = PackedSeqParams(
+                qkv_format=psp.qkv_format,
+                cu_seqlens_q=move(psp.cu_seqlens_q),
+                cu_seqlens_kv=move(psp.cu_seqlens_kv),
+                max_seqlen_q=psp.max_seqlen_q,
+                max_seqlen_kv=psp.max_seqlen_kv,
+            )
+        return RewardBatch(
+            tokens=move(self.tokens),
+            position_ids=move(self.position_ids),
+            reward_index=move(self.reward_index),
+            attention_mask=move(self.attention_mask),
+            packed_seq_params=psp,
+            num_real_tokens=self.num_real_tokens,
+        )
+
+
+class PolarRewardModel(MegatronModule):
+    """One pipeline chunk of the reward model.
+
+    The first chunk owns the embedding, the last owns the final norm and the reward head; chunks in
+    between only hold transformer layers. On the last stage :meth:`forward` returns rewards shaped like
+    ``reward_index``; elsewhere it returns the hidden states ``[s, b, h]`` for the next stage.
+    """
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_spec: ModuleSpec,
+        vocab_size: int,
+        max_sequence_length: int,
+        rotary_base: float,
+        pre_process: bool = True,
+        post_process: bool = True,
+        vp_stage: int | None = None,
+    ) -> None:
+        super().__init__(config=config)
+        self.pre_process = pre_process
+        self.post_process = post_process
+        self.vp_stage = vp_stage
+        self.model_type = None  # set by the builder (encoder_or_decoder), read by the schedules
+        self.input_tensor: Tensor | None = None
+        # Read by megatron-core's finalize_model_grads: there is no output layer to tie.
+        self.share_embeddings_and_output_weights = False
+        if pre_process:
+            self.embedding = LanguageModelEmbedding(
+                config=config,
+                vocab_size=vocab_size,
+                max_sequence_length=max_sequence_length,
+                position_embedding_type="rope",
+            )
+        self.rotary_pos_emb = RotaryEmbedding(
+            kv_channels=config.kv_channels,
+            rotary_percent=1.0,
+            rotary_base=rotary_base,
+            use_cpu_initialization=config.use_cpu_initialization,
+        )
+        self.decoder = TransformerBlock(
+            config=config,
+            spec=layer_spec,
+            pre_process=pre_process,
+            post_process=post_process,
+            vp_stage=vp_stage,
+        )
+        if post_process:
+            # Replicated on every TP rank: it sees the full hidden state and is tiny.
+            self.reward_head = torch.nn.Linear(config.hidden_size, 1, bias=False, dtype=config.params_dtype)
+            torch.nn.init.zeros_(self.reward_head.weight)
+
+    def set_input_tensor(self, input_tensor: Tensor | list[Tensor]) -> None:
+        """Receive the previous pipeline stage's activations (called by the schedules)."""
+        if isinstance(input_tensor, list):
+            assert len(input_tensor) == 1, "the reward model has a single input tensor"
+            input_tensor = input_tensor[0]
+        self.decoder.set_input_tensor(input_tensor)
+
+    def _rotary(self, batch: RewardBatch, seq_length: int) -> Tensor:
+        freqs = self.rotary_pos_emb(seq_length)  # [s, 1, 1, d] for positions 0..s-1
+        if batch.packed_seq_params is not None:
+            return freqs  # TE applies it per sequence from cu_seqlens
+        # Position ids restart at every packed sequence: pick each token's own frequencies.
+        pos_sb = batch.position_ids.transpose(0, 1)
+        return freqs[:, 0, 0][pos_sb].unsqueeze(2)  # [s, b, 1, d]
+
+    def forward(self, batch: RewardBatch) -> Tensor:
+        seq_length = batch.tokens.shape[1]
+        if self.pre_process:
+            hidden = self.embedding(input_ids=batch.tokens, position_ids=None)
+        else:
+            hidden = None  # the block uses the tensor set by set_input_tensor
+        hidden = self.decoder(
+            hidden_states=hidden,
+            attention_mask=batch.attention_mask,
+            rotary_pos_emb=self._rotary(batch, seq_length),
+            packed_seq_params=batch.packed_seq_params,
+        )
+        if not self.post_process:
+            return hidden
+        return self.rewards_from_hidden(hidden, batch.reward_index)
+
+    def rewards_from_hidden(self, hidden_sbh: Tensor, reward_index: Tensor) -> Tensor:
+        """Score the final-norm hidden states at the flat positions ``reward_index``."""
+        if self.config.sequence_parallel:
+            # Every TP rank computes the same rewards: split (not reduce) the gradient on the way back.
+            hidden_sbh = gather_from_sequence_parallel_region(hidden_sbh, tensor_parallel_output_grad=False)
+        hidden_bsh = hidden_sbh.transpose(0, 1).reshape(-1, hidden_sbh.shape[-1])
+        picked = hidden_bsh[reward_index.reshape(-1)]
+        rewards = self.reward_head(picked).float().squeeze(-1)
+        return rewards.view(reward_index.shape)
+
+    def reward_hidden_states(self, batch: RewardBatch) -> Tensor:
+        """Final-norm hidden states at the reward positions (single-stage models; conversion parity)."""
+        assert self.pre_process and self.post_process
+        hidden = self.decoder(
+            hidden_states=self.embedding(input_ids=batch.tokens, position_ids=None),
+            attention_mask=batch.attention_mask,
+            rotary_pos_emb=self._rotary(batch, batch.tokens.shape[1]),
+            packed_seq_params=batch.packed_seq_params,
+        )
+        if self.config.sequence_parallel:
+            hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
+        hidden_bsh = hidden.transpose(0, 1).reshape(-1, hidden.shape[-1])
+        return hidden_bsh[batch.reward_index.reshape(-1)].view(*batch.reward_index.shape, -1)
+
+
+def stage_flags(vp_stage: int | None = None) -> tuple[bool, bool]:
+    """(pre_process, post_process) of this rank's chunk ``vp_stage``."""
+    return (
+        ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+        ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+    )
