@@ -90,10 +90,8 @@ def initialize(parallel: ParallelConfig, seed: int) -> Topology:
     gpu = use_gpu(parallel.backend)
     if gpu:
         torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
     else:
         cpu_backend.enable()
-        device = torch.device("cpu")
 
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

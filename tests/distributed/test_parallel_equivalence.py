@@ -33,7 +33,7 @@ def _last_stage_rewards(results):
 def _assert_close_state(got: dict, want: dict, atol: float, rtol: float = 1e-4):
     assert got.keys() == want.keys()
     for name in want:
-        torch.testing.assert_close(got[name], want[name], atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got[name], want[name], atol=atol, rtol=rtol, msg=name)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,224 @@
+"""Save, find and restore checkpoints with megatron-core ``dist_checkpointing``.
+
+Layout under a checkpoint root::
+
+    iter_0000100/            dist_checkpointing shards (any TP/PP/DP layout can load them)
+        polar_config.yaml    the resolved configuration that produced it
+        train_state.json     step, consumed samples, data position, lr-scheduler state
+        COMPLETE             written last, atomically: without it the directory is ignored
+
+A process killed in the middle of a save leaves a directory without ``COMPLETE``; resume then picks the
+previous complete checkpoint, and the next save at that step replaces the partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+from megatron.core import parallel_state as ps
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+from torch import nn
+
+from megatron_polar.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+MARKER = "COMPLETE"
+CONFIG_FILE = "polar_config.yaml"
+STATE_FILE = "train_state.json"
+_NAME = re.compile(r"^iter_(\d{7,})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete or does not fit the model."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"iter_{step:07d}"
+
+
+def is_complete(path: str | Path) -> bool:
+    return (Path(path) / MARKER).is_file()
+
+
+def list_complete(root: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        m = _NAME.match(child.name)
+        if m and child.is_dir() and is_complete(child):
+            found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def latest_complete(root: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``root``, or None."""
+    done = list_complete(root)
+    return done[-1][1] if done else None
+
+
+def resolve(path: str | Path) -> Path:
+    """Accept a checkpoint directory or a root holding ``iter_*`` directories; must be complete."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint path {path} does not exist")
+    if _NAME.match(path.name) or (path / MARKER).exists() or (path / "metadata.json").exists():
+        if not is_complete(path):
+            raise CheckpointError(f"checkpoint {path} is incomplete (no {MARKER} marker): it was interrupted")
+        return path
+    latest = latest_complete(path)
+    if latest is None:
+        raise CheckpointError(f"no complete checkpoint (iter_*/{MARKER}) under {path}")
+    return latest
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _unwrap(chunk: nn.Module) -> nn.Module:
+    return getattr(chunk, "module", chunk)
+
+
+def _model_sharded_state(chunks: list[nn.Module]) -> dict[str, Any]:
+    if len(chunks) == 1:
+        return {"model": _unwrap(chunks[0]).sharded_state_dict()}
+    return {f"model{i}": _unwrap(c).sharded_state_dict() for i, c in enumerate(chunks)}
+
+
+def _rng_sharded_object() -> ShardedObject:
+    """This rank's RNG state, one object per (PP, TP) rank, replicated over DP."""
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    state = {
+        "torch": torch.get_rng_state(),
+        "tracker": get_cuda_rng_tracker().get_states(),
+    }
+    pp, tp = ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()
+    pp_n, tp_n = ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size()
+    return ShardedObject("rng_state", state, (pp_n, tp_n), (pp, tp), replica_id=ps.get_data_parallel_rank())
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save(
+    root: str | Path,
+    step: int,
+    chunks: list[nn.Module],
+    optimizer=None,
+    train_state: dict | None = None,
+    config_yaml: str | None = None,
+    keep_last: int = 0,
+) -> Path:
+    """Collectively save a checkpoint for ``step``; return its directory once it is complete."""
+    root = Path(root)
+    path = root / checkpoint_name(step)
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    if rank0:
+        root.mkdir(parents=True, exist_ok=True)
+        if path.exists():  # a partial save of this step, or an older run's: replace it
+            shutil.rmtree(path)
+        path.mkdir()
+    _barrier()
+    t0 = time.monotonic()
+    state = _model_sharded_state(chunks)
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(
+            state, metadata={"distrib_optim_sharding_type": "fully_sharded_model_space"}
+        )
+        state["rng_state"] = _rng_sharded_object()
+    dist_checkpointing.save(state, str(path))
+    _barrier()
+    if rank0:
+        if config_yaml is not None:
+            _atomic_write(path / CONFIG_FILE, config_yaml)
+        _atomic_write(path / STATE_FILE, json.dumps({"step": step, **(train_state or {})}, indent=2))
+        _atomic_write(path / MARKER, json.dumps({"step": step, "time": time.time()}))
+        if keep_last > 0:
+            prune(root, keep_last)
+    _barrier()
+    log.info("saved checkpoint %s in %.1fs", path, time.monotonic() - t0)
+    return path
+
+
+def prune(root: str | Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` complete checkpoints, and partial ones older than them."""
+    done = list_complete(root)
+    for _, old in done[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    if done[-keep_last:]:
+        oldest_kept = done[-keep_last:][0][0]
+        for child in Path(root).iterdir():
+            m = _NAME.match(child.name)
+            if m and int(m.group(1)) < oldest_kept and not is_complete(child):
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def read_train_state(path: str | Path) -> dict:
+    path = resolve(path)
+    try:
+        return json.loads((path / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path / STATE_FILE} is missing or corrupt: {exc}") from exc
+
+
+def read_config_yaml(path: str | Path) -> str:
+    path = resolve(path)
+    cfg = path / CONFIG_FILE
+    if not cfg.is_file():
+        raise CheckpointError(f"{cfg} is missing: not a megatron_polar checkpoint")
+    return cfg.read_text()
+
+
+def load(path: str | Path, chunks: list[nn.Module], optimizer=None) -> dict:
+    """Collectively load model (and optimizer/RNG if given) from a complete checkpoint; return train state.
+
+    Works for any TP/PP/DP layout, whatever layout saved it.
+    """
+    path = resolve(path)
+    state = _model_sharded_state(chunks)
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(
+            state, is_loading=True, metadata={"distrib_optim_sharding_type": "fully_sharded_model_space"}
+        )
+        state["rng_state"] = _rng_sharded_object()
+    try:
+        loaded = dist_checkpointing.load(state, str(path))
+    except Exception as exc:  # noqa: BLE001 - re-raised with the path and the likely cause
+        raise CheckpointError(
+            f"cannot load {path}: {exc}. Is it a checkpoint of the same model shape (model=...)?"
+        ) from exc
+    if len(chunks) == 1:
+        _unwrap(chunks[0]).load_state_dict(loaded["model"], strict=True)
+    else:
+        for i, c in enumerate(chunks):
+            _unwrap(c).load_state_dict(loaded[f"model{i}"], strict=True)
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+        rng = loaded["rng_state"]
+        from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+        torch.set_rng_state(rng["torch"])
+        get_cuda_rng_tracker().set_states(rng["tracker"])
+    log.info("loaded checkpoint %s%s", path, "" if optimizer is not None else " (weights only)")
+    return read_train_state(path)

@@ -1,0 +1,66 @@
+"""One-process use of a reward model outside training: conversion, scoring, serving, evaluation.
+
+Sets up a world of one (gloo on CPU, NCCL on a GPU) with TP=PP=1 and builds the full model; checkpoints
+saved at any layout load into it through dist_checkpointing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import torch
+
+from megatron_polar.checkpoint import manager
+from megatron_polar.config import from_yaml
+from megatron_polar.config.schema import ParallelConfig, PolarConfig
+from megatron_polar.model.builder import build_model_chunks
+from megatron_polar.model.reward_model import PolarRewardModel
+from megatron_polar.parallel import topology
+
+
+def single_process_config(cfg: PolarConfig, precision: str | None = None) -> PolarConfig:
+    """``cfg`` re-laid out for one process (TP=PP=1, no sequence parallelism or VPP)."""
+    parallel = ParallelConfig(
+        tensor_model_parallel_size=1,
+        pipeline_model_parallel_size=1,
+        use_distributed_optimizer=False,
+        overlap_grad_reduce=False,
+        backend=cfg.parallel.backend,
+    )
+    train = replace(cfg.train, precision=precision or cfg.train.precision)
+    return replace(cfg, parallel=parallel, train=train)
+
+
+def init_single_process(cfg: PolarConfig, device: str = "auto") -> torch.device:
+    """Initialise a world of one for ``cfg`` (idempotent); ``device`` is auto, cpu or cuda."""
+    for key, value in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    backend = {"cpu": "gloo", "cuda": "nccl"}.get(device, cfg.parallel.backend)
+    topo = topology.initialize(replace(cfg.parallel, backend=backend), seed=cfg.train.seed)
+    return topo.device
+
+
+def build_single(cfg: PolarConfig, device: str = "auto") -> PolarRewardModel:
+    """A freshly initialised full model in a world of one."""
+    init_single_process(cfg, device)
+    [model] = build_model_chunks(cfg)
+    return model
+
+
+def load_checkpoint_model(
+    path: str, precision: str | None = "fp32", device: str = "auto"
+) -> tuple[PolarConfig, PolarRewardModel]:
+    """The config and the full model of a megatron_polar checkpoint (any saved layout), in eval mode."""
+    ckpt = manager.resolve(path)
+    cfg = single_process_config(from_yaml(manager.read_config_yaml(ckpt)), precision)
+    model = build_single(cfg, device)
+    manager.load(ckpt, [model])
+    model.eval()
+    return cfg, model
