@@ -83,14 +83,18 @@ class PairDataset:
         return len(self.indexed.document_indices) - 1
 
     def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(chosen, rejected)`` token arrays of pair ``i``."""
+        """``(chosen, rejected)`` token arrays of pair ``i`` (copies: safe after the dataset is closed)."""
         if not 0 <= i < len(self):
             raise IndexError(f"pair {i} out of range [0, {len(self)})")
-        return self.indexed[SEQUENCES_PER_PAIR * i + CHOSEN], self.indexed[SEQUENCES_PER_PAIR * i + REJECTED]
+        base = SEQUENCES_PER_PAIR * i
+        return np.array(self.indexed[base + CHOSEN]), np.array(self.indexed[base + REJECTED])
 
     def pair_lengths(self) -> np.ndarray:
-        """``[N, 2]`` int array of (chosen, rejected) lengths, from the index alone (no token reads)."""
-        return np.asarray(self.indexed.sequence_lengths).reshape(-1, SEQUENCES_PER_PAIR)
+        """``[N, 2]`` int64 array of (chosen, rejected) lengths, from the index alone (no token reads).
+
+        A copy, because megatron unmaps the index when the ``IndexedDataset`` is garbage collected.
+        """
+        return np.array(self.indexed.sequence_lengths, dtype=np.int64).reshape(-1, SEQUENCES_PER_PAIR)
 
     @property
     def reward_token_id(self) -> int:
