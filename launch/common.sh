@@ -167,10 +167,12 @@ polar_slurm_launch() {
 	# shellcheck disable=SC2016  # expanded by each task, not here
 	task='export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS NODE_RANK=$SLURM_NODEID; '
 	task+="exec $(printf '%q' "$py")"' -m megatron_polar.train "$@"'
+	# srun does not inherit sbatch's --cpus-per-task (Slurm >= 22.05): pass it on explicitly.
 	local -a srun_cmd=(
 		srun
 		--nodes="$nnodes" --ntasks="$world" --ntasks-per-node="$gpus_per_node"
 		--kill-on-bad-exit=1 --label --output="$log_dir/node-%n.log"
+		${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"}
 		"${container[@]}"
 		bash -c "$task" polar-task "${overrides[@]}"
 	)
