@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     overrides = list(args.overrides) + list(args.config) + _flag_overrides(args)
     try:
         cfg = load_config(overrides)

@@ -98,3 +98,8 @@ def test_cli_exit_codes(capsys):
     assert plan_cli.main(["--model", "polar_7b", "--gpus", "8", "--seq-length", "32768", "--strict"]) == 3
     assert plan_cli.main(["--gpus", "8", "model=polar_7b", "--seq-length", "32768"]) == 0  # warns only
     assert "does not fit" in capsys.readouterr().out
+    # overrides may sit between flags
+    assert (
+        plan_cli.main(["model=polar_7b", "--gpus", "8", "data.seq_length=32768", "--tp", "2", "--brief"]) == 0
+    )
+    assert "does not fit" in capsys.readouterr().out
