@@ -116,6 +116,14 @@ def _rng_sharded_object() -> ShardedObject:
     return ShardedObject("rng_state", state, (pp_n, tp_n), (pp, tp), replica_id=ps.get_data_parallel_rank())
 
 
+def _layout() -> dict:
+    return {
+        "tp": ps.get_tensor_model_parallel_world_size(),
+        "pp": ps.get_pipeline_model_parallel_world_size(),
+        "dp": ps.get_data_parallel_world_size(),
+    }
+
+
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -155,7 +163,8 @@ def save(
     if rank0:
         if config_yaml is not None:
             _atomic_write(path / CONFIG_FILE, config_yaml)
-        _atomic_write(path / STATE_FILE, json.dumps({"step": step, **(train_state or {})}, indent=2))
+        state_json = {"step": step, "layout": _layout(), **(train_state or {})}
+        _atomic_write(path / STATE_FILE, json.dumps(state_json, indent=2))
         _atomic_write(path / MARKER, json.dumps({"step": step, "time": time.time()}))
         if keep_last > 0:
             prune(root, keep_last)
@@ -193,16 +202,76 @@ def read_config_yaml(path: str | Path) -> str:
     return cfg.read_text()
 
 
+def _init_optimizer_state(optimizer) -> None:
+    """Give every parameter an Adam state (zeros, step 0) so the loading state dict has its structure.
+
+    megatron-core builds the optimizer's loading template from the live state, which a fresh optimizer
+    (no step taken yet) does not have; without TE/apex it also requires a per-parameter ``step``.
+    """
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if inner is None:
+            continue
+        if getattr(opt, "init_state_fn", None) is not None:
+            opt.init_state_fn(inner, opt.config)
+        for group in inner.param_groups:
+            for param in group["params"]:
+                inner.state[param].setdefault("step", torch.tensor(0.0))
+
+
+def _load_optimizer_state(optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict`` with a fix for torch's Adam (no TE/apex, e.g. on CPU).
+
+    megatron-core 0.16 restores Adam's ``step`` from the param groups first and then copies the
+    per-parameter tensors into *every* live state key, ``step`` included, which the reshardable format
+    does not carry. Copying only the keys the checkpoint has restores the same state. It also hands
+    every parameter the *same* ``step`` tensor, which torch's Adam then increments once per parameter
+    per step: each parameter gets its own copy back.
+    """
+    patched = []
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if hasattr(opt, "_set_main_param_and_optimizer_states") and hasattr(
+            opt, "model_param_group_index_map"
+        ):
+
+            def set_present(model_param, tensors, _opt=opt):
+                group_index, group_order = _opt.model_param_group_index_map[model_param]
+                main_param = _opt.optimizer.param_groups[group_index]["params"][group_order]
+                live = {"param": main_param, **_opt.optimizer.state[main_param]}
+                for key, value in tensors.items():
+                    live[key].copy_(value)
+
+            if not getattr(opt.config, "use_precision_aware_optimizer_no_fp8_or_ds_fp8", False):
+                opt._set_main_param_and_optimizer_states = set_present
+                patched.append(opt)
+    try:
+        optimizer.load_state_dict(state)
+    finally:
+        for opt in patched:
+            del opt._set_main_param_and_optimizer_states
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        for param_state in getattr(inner, "state", {}).values():
+            if isinstance(param_state.get("step"), torch.Tensor):
+                param_state["step"] = param_state["step"].clone()
+
+
 def load(path: str | Path, chunks: list[nn.Module], optimizer=None) -> dict:
     """Collectively load model (and optimizer/RNG if given) from a complete checkpoint; return train state.
 
     Works for any TP/PP/DP layout, whatever layout saved it.
     """
     path = resolve(path)
+    train_state = read_train_state(path)
+    saved_layout = train_state.get("layout", {})
+    # RNG streams belong to (PP, TP) ranks: they only carry over to the same model-parallel grid.
+    same_grid = {k: saved_layout.get(k) for k in ("tp", "pp")} == {k: _layout()[k] for k in ("tp", "pp")}
     state = _model_sharded_state(chunks)
     if optimizer is not None:
+        _init_optimizer_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True, metadata=_OPTIM_METADATA)
-        state["rng_state"] = _rng_sharded_object()
+        if same_grid:
+            state["rng_state"] = _rng_sharded_object()
     try:
         loaded = dist_checkpointing.load(state, str(path))
     except Exception as exc:  # noqa: BLE001 - re-raised with the path and the likely cause
@@ -215,11 +284,13 @@ def load(path: str | Path, chunks: list[nn.Module], optimizer=None) -> dict:
         for i, c in enumerate(chunks):
             _unwrap(c).load_state_dict(loaded[f"model{i}"], strict=True)
     if optimizer is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
-        rng = loaded["rng_state"]
-        from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+        _load_optimizer_state(optimizer, loaded["optimizer"])
+        if same_grid:
+            from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-        torch.set_rng_state(rng["torch"])
-        get_cuda_rng_tracker().set_states(rng["tracker"])
+            torch.set_rng_state(loaded["rng_state"]["torch"])
+            get_cuda_rng_tracker().set_states(loaded["rng_state"]["tracker"])
+        else:
+            log.info("resharding from %s to %s: RNG states start fresh", saved_layout, _layout())
     log.info("loaded checkpoint %s%s", path, "" if optimizer is not None else " (weights only)")
-    return read_train_state(path)
+    return train_state

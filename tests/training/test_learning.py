@@ -1,0 +1,31 @@
+"""The trainer learns a learnable task, at TP=1 and at TP=2 x PP=2 (real megatron-core over gloo)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.distributed.launcher import run_distributed
+from tests.training.runs import base_overrides, read_metrics, train_worker
+
+pytestmark = pytest.mark.distributed
+
+
+def _first_last(losses, k=20):
+    return sum(losses[:k]) / k, sum(losses[-k:]) / k
+
+
+@pytest.mark.parametrize(
+    "world,layout", [(1, "parallel=single"), (4, "parallel=tp2pp2")], ids=["tp1", "tp2pp2"]
+)
+def test_loss_falls_and_accuracy_rises(task, tmp_path, world, layout):
+    run_dir = tmp_path / "run"
+    results = run_distributed(train_worker, world, base_overrides(task, run_dir, 160, [layout]), timeout=540)
+    train = read_metrics(run_dir)
+    assert [r["step"] for r in train] == list(range(1, 161))
+    first, last = _first_last([r["loss"] for r in train])
+    assert first == pytest.approx(0.693, abs=0.02)  # zero reward head: every pair starts at log 2
+    assert last < first - 0.15, (first, last)
+    valid = results[0]["valid"]
+    assert valid["accuracy"] >= 0.65, valid
+    acc_first, acc_last = _first_last([r["accuracy"] for r in train])
+    assert acc_last > acc_first + 0.1
