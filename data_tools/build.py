@@ -2,8 +2,9 @@
 
 Pipeline: the parent streams input lines (plain/gz/zst, bounded line size) into fixed chunks of
 ``chunk_rows`` lines; workers tokenise each chunk into a shard (``data_tools.encode``); the parent
-merges shards in chunk order with ``IndexedDatasetBuilder.add_index`` while at most ``2 * workers``
-chunks are in flight, so memory does not grow with the input (only the index's per-pair lengths do).
+merges shards in chunk order with ``add_index`` (``data_tools.index_builder``: megatron's builder with
+packed index buffers) while at most ``2 * workers`` chunks are in flight, so memory does not grow with
+the input beyond the index itself (20 bytes per pair).
 
 Outputs are written under temporary names and renamed at the end: ``.bin``, then ``.idx``, then the
 manifest, which marks a complete build. A failed or interrupted build leaves no manifest (and normally no
@@ -12,7 +13,6 @@ final ``.bin``/``.idx`` either); existing outputs are refused unless ``overwrite
 
 from __future__ import annotations
 
-import gc
 import json
 import multiprocessing as mp
 import os
@@ -139,7 +139,9 @@ def build_dataset(
         RecordError: under ``cfg.strict``, the first bad row (its message names ``file:line``).
         InputError: an input is missing or truncated.
     """
-    from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from data_tools.index_builder import CompactIndexedDatasetBuilder
 
     check_lengths(cfg.max_length, cfg.max_response_length)
     if not paths:
@@ -173,9 +175,8 @@ def build_dataset(
     totals = BuildTotals(bad=BadRows(max_examples=cfg.max_examples))
     infos: list[InputFile] = []
     start = time.perf_counter()
-    gc.freeze()  # add_index calls gc.collect() per shard; keep that cheap
     try:
-        builder = IndexedDatasetBuilder(tmp["bin"], dtype=dtype.type)
+        builder = CompactIndexedDatasetBuilder(tmp["bin"], dtype=dtype.type)
         with _progress(cfg) as bar:
             for result in _ordered_results(_chunks(paths, cfg, infos), cfg.workers, (tokenizer, settings)):
                 _log_bad_rows(result, totals)
@@ -201,7 +202,6 @@ def build_dataset(
         for key in ("bin", "idx", "manifest"):
             os.replace(tmp[key], final[key])
     finally:
-        gc.unfreeze()
         shutil.rmtree(shard_dir, ignore_errors=True)
         for path in tmp.values():
             if os.path.exists(path):
