@@ -163,7 +163,7 @@ def _partition_rows(paths: list[str], tmpdir: str, cfg: PairConfig, stats: PairS
             except RecordError as e:
                 if cfg.strict:
                     raise e.at(location) from None
-                stats.bad_rows.add(e.at(location))
+                stats.bad_rows.add(e.at(location), log=True)
                 continue
             key = json.dumps([prompt, wrapper], ensure_ascii=False, sort_keys=True)
             shard = int.from_bytes(_digest(key)[:8], "little") % cfg.partitions
@@ -367,7 +367,7 @@ def run_rank(
             except RecordError as e:
                 if strict:
                     raise e.at(location) from None
-                stats.bad_rows.add(e.at(location))
+                stats.bad_rows.add(e.at(location), log=True)
                 continue
             prompt = to_messages(row["prompt"], "user")
             msgs = [to_messages(r, "assistant") for r in responses]

@@ -182,3 +182,11 @@ def test_hf_tokenizer_build(tmp_path):
             tok, t.prompt, t.reference, t.rejected, max_length=256, max_response_length=100, wrapper=t.wrapper
         )[0]
     )
+
+
+def test_strict_with_workers_stops_and_cleans_up(tmp_path, sp_tok):
+    src = write_jsonl(tmp_path / "t.jsonl", make_triples(100) + ["{bad"] + make_triples(100, seed=2))
+    cfg = BuildConfig(**{**CFG.__dict__, "strict": True, "workers": 2})
+    with pytest.raises(RecordError, match=r"t.jsonl:101: malformed_json"):
+        build_dataset([src], str(tmp_path / "ds"), sp_tok, cfg)
+    assert outputs(str(tmp_path / "ds")) == [] and not list(tmp_path.glob("ds.tmp*"))
