@@ -23,6 +23,7 @@ logger = get_logger(__name__)
 
 DEFAULT_MAX_LINE_BYTES = 16 << 20  # longer lines are skipped as ``line_too_long`` without being held
 _READ_BLOCK = 1 << 20
+LINE_REASONS = ("line_too_long", "invalid_utf8", "malformed_json", "not_an_object")  # from parse_line
 
 
 class RecordError(ValueError):
