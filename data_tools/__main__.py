@@ -7,7 +7,8 @@ Typical flow::
     python -m data_tools build pairs.jsonl -o data/pretrain --tokenizer tokenizer.model --workers 8
     python -m data_tools inspect data/pretrain -n 3
 
-Exit status: 0 success, 1 bad usage or input (a message names the file and line), 2 refused overwrite.
+Exit status: 0 success; 1 bad input or option value (the message names file:line where there is
+one); 2 refusal to overwrite an existing output, or a command-line usage error.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ class BuildConfig:
     max_response_length: int = 4096  # cap on the reference and on each candidate
     workers: int = 1  # tokenising processes (1: in-process)
     chunk_rows: int = 2048  # input lines per chunk / shard (fixes the output order; not worker-dependent)
+    chunk_bytes: int = 64 << 20  # ... or fewer, once a chunk's raw lines reach this many bytes
     strict: bool = False  # stop at the first bad row instead of skipping it
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     max_examples: int = 5  # file:line examples kept per skip reason
@@ -88,17 +89,19 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def _chunks(paths: list[str], cfg: BuildConfig, infos: list[InputFile]) -> Iterator[tuple[int, list]]:
-    """Fixed-size chunks of ``(file_no, line_no, raw)`` over all inputs, in input order."""
+    """Chunks of ``(file_no, line_no, raw)`` over all inputs, in input order, cut by row count and bytes
+    (never by worker count, so the output is the same for any ``workers``)."""
     chunk: list = []
-    chunk_id = 0
+    chunk_id = nbytes = 0
     for file_no, path in enumerate(paths):
         info = InputFile(path=os.path.abspath(path))
         infos.append(info)
         for line_no, raw in iter_raw_lines(path, cfg.max_line_bytes, info):
             chunk.append((file_no, line_no, raw))
-            if len(chunk) >= cfg.chunk_rows:
+            nbytes += len(raw) if raw is not None else 0
+            if len(chunk) >= cfg.chunk_rows or nbytes >= cfg.chunk_bytes:
                 yield chunk_id, chunk
-                chunk, chunk_id = [], chunk_id + 1
+                chunk, chunk_id, nbytes = [], chunk_id + 1, 0
     if chunk:
         yield chunk_id, chunk
 
