@@ -7,7 +7,8 @@ Typical flow::
     python -m data_tools build pairs.jsonl -o data/pretrain --tokenizer tokenizer.model --workers 8
     python -m data_tools inspect data/pretrain -n 3
 
-Exit status: 0 success, 1 bad usage or input (a message names the file and line), 2 refused overwrite.
+Exit status: 0 success; 1 bad input or option value (the message names file:line where there is
+one); 2 refusal to overwrite an existing output, or a command-line usage error.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m data_tools",
-        description=__doc__.split("\n\n")[0],
+        description="POLAR data pipeline: rollouts -> pairs, rankings -> triples, triples -> indexed dataset.",
+        epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--log-level", default="INFO")
@@ -51,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", help="rollout JSONL files (.jsonl, .jsonl.gz, .jsonl.zst)")
     p.add_argument("-o", "--output", required=True, help="triples JSONL (.gz compresses)")
-    p.add_argument("--pairs-per-prompt", type=int, default=1)
+    p.add_argument(
+        "--pairs-per-prompt", type=int, default=1, help="triples per prompt (default: %(default)s)"
+    )
     p.add_argument(
         "--allow-policy-repeat",
         action="store_true",
@@ -59,13 +63,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--holdout-policies", default="", help="comma-separated policies kept out of --output")
     p.add_argument("--holdout-output", help="triples involving a held-out policy go here")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--partitions", type=int, default=64, help="temporary shards of the group-by-prompt")
+    p.add_argument(
+        "--seed", type=int, default=1234, help="seed of every random choice (default: %(default)s)"
+    )
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=64,
+        help="temporary shards of the group-by-prompt (default: %(default)s)",
+    )
     p.add_argument("--tmp-dir", help="where the temporary shards go (default: beside --output)")
     p.add_argument("--no-truncate-loops", action="store_true", help="keep repetition loops in full")
-    p.add_argument("--loop-keep", type=int, default=2, help="repetitions of a loop's unit to keep")
-    p.add_argument("--loop-min-repeats", type=int, default=6, help="back-to-back repeats that make a loop")
-    p.add_argument("--loop-min-chars", type=int, default=256, help="characters a loop must span")
+    p.add_argument(
+        "--loop-keep", type=int, default=2, help="repetitions of a loop's unit to keep (default: %(default)s)"
+    )
+    p.add_argument(
+        "--loop-min-repeats",
+        type=int,
+        default=6,
+        help="back-to-back repeats that make a loop (default: %(default)s)",
+    )
+    p.add_argument(
+        "--loop-min-chars", type=int, default=256, help="characters a loop must span (default: %(default)s)"
+    )
     _common(p)
 
     p = sub.add_parser(
@@ -76,26 +96,50 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--mode", choices=("first3", "all"), default="first3")
+    p.add_argument("--mode", choices=("first3", "all"), default="first3", help="default: %(default)s")
     _common(p)
 
     p = sub.add_parser("build", help="triples JSONL -> megatron indexed pair dataset + manifest")
     p.add_argument("inputs", nargs="+", help="triples JSONL files (.jsonl, .jsonl.gz, .jsonl.zst)")
     p.add_argument("-o", "--output-prefix", required=True, help="writes <prefix>.bin/.idx/.manifest.json")
     p.add_argument("--tokenizer", required=True, help="sentencepiece .model or HF tokenizer.json")
-    p.add_argument("--split-token", default=DEFAULT_SPLIT_TOKEN)
-    p.add_argument("--reward-token", default=DEFAULT_REWARD_TOKEN)
+    p.add_argument(
+        "--split-token", default=DEFAULT_SPLIT_TOKEN, help="split token name (default: %(default)s)"
+    )
+    p.add_argument(
+        "--reward-token", default=DEFAULT_REWARD_TOKEN, help="reward token name (default: %(default)s)"
+    )
     p.add_argument("--split-token-id", type=int, help="overrides --split-token")
     p.add_argument("--reward-token-id", type=int, help="overrides --reward-token")
     p.add_argument("--bos-token", help="BOS by name (default: the tokenizer's own)")
     p.add_argument("--bos-token-id", type=int)
-    p.add_argument("--max-length", type=int, default=16384, help="tokens per sequence (released: 16384)")
-    p.add_argument("--max-response-length", type=int, default=4096, help="cap per response (released: 4096)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=16384,
+        help="tokens per sequence (default and released: %(default)s)",
+    )
+    p.add_argument(
+        "--max-response-length",
+        type=int,
+        default=4096,
+        help="cap per response (default and released: %(default)s)",
+    )
     p.add_argument(
         "--workers", type=int, default=1, help="tokenising processes; output is identical for any N"
     )
-    p.add_argument("--chunk-rows", type=int, default=2048, help="lines per work unit / shard")
-    p.add_argument("--max-examples", type=int, default=5, help="file:line examples kept per skip reason")
+    p.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=2048,
+        help="lines per work unit / shard; does not change the output (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-examples",
+        type=int,
+        default=5,
+        help="file:line examples kept per skip reason (default: %(default)s)",
+    )
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -106,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="manifest stats and decoded samples of a built dataset")
     p.add_argument("prefix")
-    p.add_argument("-n", "--samples", type=int, default=3)
+    p.add_argument("-n", "--samples", type=int, default=3, help="pairs to decode (default: %(default)s)")
     p.add_argument("--start", type=int, default=0, help="first pair to decode")
     p.add_argument("--tokenizer", help="override the tokenizer path recorded in the manifest")
     p.add_argument("--max-chars", type=int, default=400, help="characters shown per half-sequence")

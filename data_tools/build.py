@@ -2,8 +2,9 @@
 
 Pipeline: the parent streams input lines (plain/gz/zst, bounded line size) into fixed chunks of
 ``chunk_rows`` lines; workers tokenise each chunk into a shard (``data_tools.encode``); the parent
-merges shards in chunk order with ``IndexedDatasetBuilder.add_index`` while at most ``2 * workers``
-chunks are in flight, so memory does not grow with the input (only the index's per-pair lengths do).
+merges shards in chunk order with ``add_index`` (``data_tools.index_builder``: megatron's builder with
+packed index buffers) while at most ``2 * workers`` chunks are in flight, so memory does not grow with
+the input beyond the index itself (20 bytes per pair).
 
 Outputs are written under temporary names and renamed at the end: ``.bin``, then ``.idx``, then the
 manifest, which marks a complete build. A failed or interrupted build leaves no manifest (and normally no
@@ -12,7 +13,6 @@ final ``.bin``/``.idx`` either); existing outputs are refused unless ``overwrite
 
 from __future__ import annotations
 
-import gc
 import json
 import multiprocessing as mp
 import os
@@ -49,6 +49,7 @@ class BuildConfig:
     max_response_length: int = 4096  # cap on the reference and on each candidate
     workers: int = 1  # tokenising processes (1: in-process)
     chunk_rows: int = 2048  # input lines per chunk / shard (fixes the output order; not worker-dependent)
+    chunk_bytes: int = 64 << 20  # ... or fewer, once a chunk's raw lines reach this many bytes
     strict: bool = False  # stop at the first bad row instead of skipping it
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     max_examples: int = 5  # file:line examples kept per skip reason
@@ -88,17 +89,19 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def _chunks(paths: list[str], cfg: BuildConfig, infos: list[InputFile]) -> Iterator[tuple[int, list]]:
-    """Fixed-size chunks of ``(file_no, line_no, raw)`` over all inputs, in input order."""
+    """Chunks of ``(file_no, line_no, raw)`` over all inputs, in input order, cut by row count and bytes
+    (never by worker count, so the output is the same for any ``workers``)."""
     chunk: list = []
-    chunk_id = 0
+    chunk_id = nbytes = 0
     for file_no, path in enumerate(paths):
         info = InputFile(path=os.path.abspath(path))
         infos.append(info)
         for line_no, raw in iter_raw_lines(path, cfg.max_line_bytes, info):
             chunk.append((file_no, line_no, raw))
-            if len(chunk) >= cfg.chunk_rows:
+            nbytes += len(raw) if raw is not None else 0
+            if len(chunk) >= cfg.chunk_rows or nbytes >= cfg.chunk_bytes:
                 yield chunk_id, chunk
-                chunk, chunk_id = [], chunk_id + 1
+                chunk, chunk_id, nbytes = [], chunk_id + 1, 0
     if chunk:
         yield chunk_id, chunk
 
@@ -139,7 +142,9 @@ def build_dataset(
         RecordError: under ``cfg.strict``, the first bad row (its message names ``file:line``).
         InputError: an input is missing or truncated.
     """
-    from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from data_tools.index_builder import CompactIndexedDatasetBuilder
 
     check_lengths(cfg.max_length, cfg.max_response_length)
     if not paths:
@@ -173,9 +178,8 @@ def build_dataset(
     totals = BuildTotals(bad=BadRows(max_examples=cfg.max_examples))
     infos: list[InputFile] = []
     start = time.perf_counter()
-    gc.freeze()  # add_index calls gc.collect() per shard; keep that cheap
     try:
-        builder = IndexedDatasetBuilder(tmp["bin"], dtype=dtype.type)
+        builder = CompactIndexedDatasetBuilder(tmp["bin"], dtype=dtype.type)
         with _progress(cfg) as bar:
             for result in _ordered_results(_chunks(paths, cfg, infos), cfg.workers, (tokenizer, settings)):
                 _log_bad_rows(result, totals)
@@ -201,7 +205,6 @@ def build_dataset(
         for key in ("bin", "idx", "manifest"):
             os.replace(tmp[key], final[key])
     finally:
-        gc.unfreeze()
         shutil.rmtree(shard_dir, ignore_errors=True)
         for path in tmp.values():
             if os.path.exists(path):

@@ -38,12 +38,30 @@ def _first_run(eq: np.ndarray, min_len: int) -> int:
 
 
 def _char_loop(text: str, cfg: LoopConfig) -> tuple[int, int] | None:
-    """Earliest (start, cut) of a character-period loop."""
+    """Earliest (start, cut) of a character-period loop.
+
+    All periods are screened in one pass: a run of >= ``need`` equalities ``codes[i] == codes[i + p]``
+    always contains an aligned block of ``(min(need) + 1) // 2`` equalities, so only periods with such a
+    block (almost never, in normal text) get the exact run search.
+    """
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    n = codes.size
+    max_p = min(cfg.max_period, n // cfg.min_repeats)
+    if max_p < 1:
+        return None
+    periods = np.arange(1, max_p + 1)
+    need = np.maximum((cfg.min_repeats - 1) * periods, cfg.min_span_chars - periods)
+    block = max(1, (int(need.min()) + 1) // 2)
+    if n < block:
+        return None
+    # Pad with distinct non-characters so every period is compared up to the end of the text.
+    padded = np.concatenate((codes, np.arange(0x110000, 0x110000 + max_p, dtype=np.uint32)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, max_p + 1)[: n - n % block]
+    eq = windows[:, 1:] == windows[:, :1]  # eq[i, p - 1]: codes[i] == codes[i + p]
+    candidates = np.flatnonzero(eq.reshape(-1, block, max_p).all(axis=1).any(axis=0)) + 1
     best = None
-    for period in range(1, min(cfg.max_period, codes.size // cfg.min_repeats) + 1):
-        need = max((cfg.min_repeats - 1) * period, cfg.min_span_chars - period)
-        start = _first_run(codes[:-period] == codes[period:], need)
+    for period in candidates.tolist():
+        start = _first_run(codes[:-period] == codes[period:], int(need[period - 1]))
         if start >= 0 and (best is None or start < best[0]):
             best = (start, start + cfg.keep * period)
     return best

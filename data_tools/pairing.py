@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from data_tools.loops import LoopConfig, truncate_loops
 from data_tools.records import (
     DEFAULT_MAX_LINE_BYTES,
+    LINE_REASONS,
     BadRows,
     RecordError,
     iter_rows,
@@ -163,7 +164,7 @@ def _partition_rows(paths: list[str], tmpdir: str, cfg: PairConfig, stats: PairS
             except RecordError as e:
                 if cfg.strict:
                     raise e.at(location) from None
-                stats.bad_rows.add(e.at(location))
+                stats.bad_rows.add(e.at(location), log=True)
                 continue
             key = json.dumps([prompt, wrapper], ensure_ascii=False, sort_keys=True)
             shard = int.from_bytes(_digest(key)[:8], "little") % cfg.partitions
@@ -211,16 +212,21 @@ def _triple_row(key: str, triple: tuple[Response, Response, Response]) -> dict:
     prompt, wrapper = json.loads(key)
     ref, chosen, rejected = triple
     row = {
-        "prompt": prompt,
-        "reference": json.loads(ref.messages),
-        "chosen": json.loads(chosen.messages),
-        "rejected": json.loads(rejected.messages),
+        "prompt": _role_first(prompt),
+        "reference": _role_first(json.loads(ref.messages)),
+        "chosen": _role_first(json.loads(chosen.messages)),
+        "rejected": _role_first(json.loads(rejected.messages)),
         "policy_a": ref.policy,
         "policy_b": rejected.policy,
     }
     if wrapper is not None:
         row["wrapper"] = wrapper
     return row
+
+
+def _role_first(messages: list[dict]) -> list[dict]:
+    """Messages as ``{"role", "content"}`` in that key order (canonical JSON sorted them)."""
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def _prompt_rng(seed: int, key: str, stream: str) -> random.Random:
@@ -286,7 +292,13 @@ def run_pair(
                 os.remove(shard_path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+    stats.rows_read += _unparseable(stats.bad_rows)
     return stats
+
+
+def _unparseable(bad: BadRows) -> int:
+    """Lines the reader rejected before they became rows (so ``rows_read`` counts every line)."""
+    return sum(bad.counts.get(r, 0) for r in LINE_REASONS)
 
 
 def _skip_reason(by_policy: dict[str, list[Response]]) -> str | None:
@@ -367,7 +379,7 @@ def run_rank(
             except RecordError as e:
                 if strict:
                     raise e.at(location) from None
-                stats.bad_rows.add(e.at(location))
+                stats.bad_rows.add(e.at(location), log=True)
                 continue
             prompt = to_messages(row["prompt"], "user")
             msgs = [to_messages(r, "assistant") for r in responses]
@@ -379,4 +391,5 @@ def run_rank(
                     triple["wrapper"] = wrapper
                 out.write(triple)
                 stats.triples_written += 1
+    stats.rows_read += _unparseable(stats.bad_rows)
     return stats

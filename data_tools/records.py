@@ -17,9 +17,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from megatron_polar.data.format import flatten_messages
+from megatron_polar.utils.logging import get_logger
+
+logger = get_logger(__name__)
 
 DEFAULT_MAX_LINE_BYTES = 16 << 20  # longer lines are skipped as ``line_too_long`` without being held
 _READ_BLOCK = 1 << 20
+LINE_REASONS = ("line_too_long", "invalid_utf8", "malformed_json", "not_an_object")  # from parse_line
 
 
 class RecordError(ValueError):
@@ -50,8 +54,10 @@ class BadRows:
     counts: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
-    def add(self, error: RecordError) -> None:
-        """Count one bad row."""
+    def add(self, error: RecordError, log: bool = False) -> None:
+        """Count one bad row; with ``log``, also log it while its reason is under the example cap."""
+        if log and self.counts.get(error.reason, 0) < self.max_examples:
+            logger.warning("skipped row %s: %s (%s)", error.location, error.message, error.reason)
         self.counts[error.reason] = self.counts.get(error.reason, 0) + 1
         ex = self.examples.setdefault(error.reason, [])
         if len(ex) < self.max_examples:
@@ -249,7 +255,7 @@ def iter_rows(
             except RecordError as e:
                 if strict:
                     raise
-                bad.add(e)
+                bad.add(e, log=True)
 
 
 # ---- schema checks ---------------------------------------------------------------------------------

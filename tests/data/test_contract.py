@@ -86,3 +86,24 @@ def test_inconsistencies_name_the_file(tmp_path):
     (tmp_path / "d.bin").unlink()
     with pytest.raises(DatasetError, match=r"d\.bin: missing"):
         open_pair_dataset(p)
+
+
+def test_documents_must_hold_two_sequences(tmp_path):
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    prefix = str(tmp_path / "three")
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
+    builder.add_document(np.array([1, REWARD, 1, REWARD, 1, REWARD]), [2, 2, 2])
+    builder.finalize(prefix + ".idx")
+    with open(manifest_path(prefix), "w") as f:
+        json.dump(
+            {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "tokenizer": {"reward_token_id": REWARD},
+                "counts": {"pairs_written": 1},
+            },
+            f,
+        )
+    with pytest.raises(DatasetError, match=r"three\.idx: some documents do not hold exactly 2"):
+        open_pair_dataset(prefix)

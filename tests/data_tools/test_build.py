@@ -50,13 +50,15 @@ def test_round_trip_token_and_text_exact(tmp_path, sp_tok):
     assert manifest["counts"]["truncated_pairs"]["chosen"] > 0  # long rows were cut
 
 
-def test_workers_1_and_2_byte_identical(tmp_path, sp_tok):
+def test_workers_and_chunking_do_not_change_bytes(tmp_path, sp_tok):
     src = write_jsonl(tmp_path / "t.jsonl", make_triples(300) + ["{bad"] + make_triples(50, seed=1))
     m1 = build_dataset([src], str(tmp_path / "w1"), sp_tok, CFG)
     m2 = build_dataset([src], str(tmp_path / "w2"), sp_tok, BuildConfig(**{**CFG.__dict__, "workers": 2}))
+    m3 = build_dataset([src], str(tmp_path / "w3"), sp_tok, BuildConfig(**{**CFG.__dict__, "chunk_rows": 7}))
     for ext in (".bin", ".idx"):
         assert (tmp_path / f"w1{ext}").read_bytes() == (tmp_path / f"w2{ext}").read_bytes()
-    assert m1["counts"] == m2["counts"] and m2["build"]["workers"] == 2
+        assert (tmp_path / f"w1{ext}").read_bytes() == (tmp_path / f"w3{ext}").read_bytes()
+    assert m1["counts"] == m2["counts"] == m3["counts"] and m2["build"]["workers"] == 2
 
 
 def test_manifest_contents(tmp_path, sp_tok, sp_model):
@@ -182,3 +184,11 @@ def test_hf_tokenizer_build(tmp_path):
             tok, t.prompt, t.reference, t.rejected, max_length=256, max_response_length=100, wrapper=t.wrapper
         )[0]
     )
+
+
+def test_strict_with_workers_stops_and_cleans_up(tmp_path, sp_tok):
+    src = write_jsonl(tmp_path / "t.jsonl", make_triples(100) + ["{bad"] + make_triples(100, seed=2))
+    cfg = BuildConfig(**{**CFG.__dict__, "strict": True, "workers": 2})
+    with pytest.raises(RecordError, match=r"t.jsonl:101: malformed_json"):
+        build_dataset([src], str(tmp_path / "ds"), sp_tok, cfg)
+    assert outputs(str(tmp_path / "ds")) == [] and not list(tmp_path.glob("ds.tmp*"))

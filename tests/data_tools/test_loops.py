@@ -32,3 +32,14 @@ def test_normal_text_untouched():
     words = "the of a and to in is it that for on with as was he she they".split()
     text = " ".join(rng.choice(words) for _ in range(3000))
     assert truncate_loops(text) == (text, False)
+
+
+def test_every_period_found_at_the_end_of_a_text():
+    rng = random.Random(1)
+    for period in (1, 7, 33, 64):
+        unit = "".join(rng.choice("abcdefghij") for _ in range(period))
+        if len(set(unit)) == 1 and period > 1:
+            continue
+        prefix = "Intro sentence with no loop. "
+        out, cut = truncate_loops(prefix + unit * (600 // period + 6))
+        assert cut and out.startswith(prefix) and len(out) <= len(prefix) + 2 * period

@@ -100,6 +100,7 @@ def test_skipped_prompts_and_bad_rows_counted(tmp_path):
     ]
     src = write_jsonl(tmp_path / "r.jsonl", rows)
     stats = run_pair([src], str(tmp_path / "o.jsonl"), PairConfig())
+    assert stats.rows_read == len(rows)
     assert stats.skipped_prompts.counts == {"single_policy": 1, "no_policy_with_two_responses": 1}
     assert stats.bad_rows.counts == {
         "wrong_type": 1,
@@ -147,6 +148,7 @@ def test_rank_modes(tmp_path):
     src = write_jsonl(tmp_path / "rank.jsonl", rows)
     stats = run_rank([src], str(tmp_path / "first3.jsonl"))
     out = read(tmp_path / "first3.jsonl")
+    assert stats.rows_read == 4
     assert stats.triples_written == 1 and stats.bad_rows.counts == {
         "fewer_than_3_responses": 1,
         "wrong_type": 1,

@@ -1,0 +1,185 @@
+"""Benchmark ``python -m data_tools build``: throughput vs raw tokenizer speed, and memory vs input size.
+
+Measures, on one synthetic corpus and one sentencepiece model trained here:
+
+* raw: single-core ``tokenizer.encode`` over exactly the texts the build encodes (prompt + "\\n",
+  reference, chosen, rejected of each row), in tokens/s;
+* build with 1 and 2 workers: tokens produced by ``encode`` per second of build time (JSON parsing,
+  validation, assembly, shard writing and merging included), as a ratio to raw (targets 0.8x / 1.6x);
+  and the tokens written per second (prompt and reference appear in both sequences, so this is higher);
+* peak RSS of the main process and of each worker for the 20k-row input and a 5x larger one.
+
+Builds run as subprocesses so each RSS figure is that build's own. Run: ``python benchmarks/bench_build.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from megatron_polar.data.format import prompt_text  # noqa: E402
+from megatron_polar.data.tokenizer import load_tokenizer, train_sentencepiece  # noqa: E402
+
+SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ze", "po", "an", "el", "is", "or", "um"]
+
+
+def _vocab(rng: random.Random, n: int = 3000) -> list[str]:
+    return ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(n)]
+
+
+def _text(rng: random.Random, vocab: list[str], lo: int, hi: int) -> str:
+    words = [rng.choice(vocab) for _ in range(rng.randint(lo, hi))]
+    for i in range(12, len(words), 13):
+        words[i] += rng.choice([".", ",", "\n"])
+    return " ".join(words)
+
+
+def write_corpus(path: str, rows: int, seed: int = 0) -> None:
+    """Synthetic triples: prompts 5-150 words, responses 20-400 words."""
+    rng = random.Random(seed)
+    vocab = _vocab(random.Random(1))
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(rows):
+            row = {
+                "prompt": [{"role": "user", "content": _text(rng, vocab, 5, 150)}],
+                "reference": [{"role": "assistant", "content": _text(rng, vocab, 20, 400)}],
+                "chosen": [{"role": "assistant", "content": _text(rng, vocab, 20, 400)}],
+                "rejected": [{"role": "assistant", "content": _text(rng, vocab, 20, 400)}],
+            }
+            f.write(json.dumps(row) + "\n")
+
+
+def raw_encode_rate(corpus: str, model: str) -> tuple[float, int]:
+    """Single-core tokens/s of ``encode`` over the texts a build encodes."""
+    tok = load_tokenizer(model)
+    texts = []
+    with open(corpus, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            flat = {
+                k: "\n".join(m["content"] for m in row[k])
+                for k in ("prompt", "reference", "chosen", "rejected")
+            }
+            texts += [prompt_text(flat["prompt"]), flat["reference"], flat["chosen"], flat["rejected"]]
+    start = time.perf_counter()
+    tokens = sum(len(tok.encode(t)) for t in texts)
+    return tokens / (time.perf_counter() - start), tokens
+
+
+def run_build(corpus: str, model: str, prefix: str, workers: int) -> dict:
+    """One build in a fresh process; returns its manifest."""
+    cmd = [
+        sys.executable,
+        "-W",
+        "ignore",
+        "-m",
+        "data_tools",
+        "--log-level",
+        "WARNING",
+        "build",
+        corpus,
+        "-o",
+        prefix,
+        "--tokenizer",
+        model,
+        "--workers",
+        str(workers),
+        "--no-progress",
+        "--overwrite",
+    ]
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    with open(prefix + ".manifest.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _build_figures(b: dict, raw_rate: float) -> dict:
+    """The figures of one build, from its manifest's ``build`` section."""
+    return {
+        "seconds": b["seconds"],
+        "encode_tokens_per_s": b["encoded_tokens"] / b["seconds"],
+        "ratio_vs_raw": b["encoded_tokens"] / b["seconds"] / raw_rate,
+        "written_tokens_per_s": b["tokens_per_s"],
+        "main_peak_rss_mb": b["main_peak_rss_kb"] / 1024,
+        "worker_peak_rss_mb": [k / 1024 for k in b["worker_peak_rss_kb"]],
+    }
+
+
+def main() -> dict:
+    """Run the benchmark, print a table, return the figures."""
+    small_rows, large_rows = 20_000, 100_000
+    with tempfile.TemporaryDirectory(prefix="bench-build-") as tmp:
+        small, large = os.path.join(tmp, "small.jsonl"), os.path.join(tmp, "large.jsonl")
+        write_corpus(small, small_rows)
+        rng = random.Random(2)
+        vocab = _vocab(random.Random(1))
+        model = train_sentencepiece(
+            [_text(rng, vocab, 10, 40) for _ in range(5000)], os.path.join(tmp, "tok"), 4000
+        )
+        raw_rate, raw_tokens = raw_encode_rate(small, model)
+
+        figures: dict = {"cpu_count": os.cpu_count(), "rows": small_rows, "raw_encode_tokens_per_s": raw_rate}
+        for workers in (1, 2):
+            b = run_build(small, model, os.path.join(tmp, f"w{workers}"), workers)["build"]
+            assert b["encoded_tokens"] == raw_tokens, "build and raw baseline encoded different texts"
+            figures[f"workers_{workers}"] = _build_figures(b, raw_rate)
+        with open(os.path.join(tmp, "w1.bin"), "rb") as f1, open(os.path.join(tmp, "w2.bin"), "rb") as f2:
+            figures["workers_1_2_identical_bin"] = f1.read() == f2.read()
+
+        # Memory vs input size: the 2-worker build above, then the same on a 5x larger corpus.
+        write_corpus(large, large_rows, seed=5)
+        big = _build_figures(run_build(large, model, os.path.join(tmp, "mem-large"), 2)["build"], raw_rate)
+        mem = {}
+        for name, path, rows, r in (
+            ("small", small, small_rows, figures["workers_2"]),
+            ("large", large, large_rows, big),
+        ):
+            mem[name] = {
+                "rows": rows,
+                "input_mb": os.path.getsize(path) / 2**20,
+                "seconds": r["seconds"],
+                "main_peak_rss_mb": r["main_peak_rss_mb"],
+                "worker_peak_rss_mb": max(r["worker_peak_rss_mb"]),
+            }
+        figures["memory"] = mem
+
+    _print_table(figures)
+    return figures
+
+
+def _print_table(f: dict) -> None:
+    print(f"machine: {f['cpu_count']} CPUs; corpus {f['rows']} triples")
+    print(f"raw single-core encode: {f['raw_encode_tokens_per_s']:,.0f} tokens/s")
+    print(
+        f"{'build':<12}{'seconds':>9}{'enc tok/s':>13}{'vs raw':>8}{'target':>8}{'written tok/s':>15}"
+        f"{'main RSS MB':>13}{'worker RSS MB':>15}"
+    )
+    for w, target in ((1, 0.8), (2, 1.6)):
+        r = f[f"workers_{w}"]
+        workers_rss = ", ".join(f"{x:.0f}" for x in r["worker_peak_rss_mb"])
+        print(
+            f"{w} worker{'s' if w > 1 else '':<4}{r['seconds']:>9.2f}{r['encode_tokens_per_s']:>13,.0f}"
+            f"{r['ratio_vs_raw']:>7.2f}x{target:>7.1f}x{r['written_tokens_per_s']:>15,.0f}"
+            f"{r['main_peak_rss_mb']:>13.0f}{workers_rss:>15}"
+        )
+    print(f"workers 1 vs 2 .bin identical: {f['workers_1_2_identical_bin']}")
+    print(
+        f"{'memory (2 workers)':<20}{'rows':>9}{'input MB':>10}{'seconds':>9}{'main RSS MB':>13}{'worker RSS MB':>15}"
+    )
+    for name, m in f["memory"].items():
+        print(
+            f"{name:<20}{m['rows']:>9}{m['input_mb']:>10.0f}{m['seconds']:>9.1f}{m['main_peak_rss_mb']:>13.0f}"
+            f"{m['worker_peak_rss_mb']:>15.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
