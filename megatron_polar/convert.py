@@ -14,7 +14,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from megatron_polar.checkpoint.hf_convert import ConversionError, export_hf, import_hf
+from megatron_polar.checkpoint import manager
+from megatron_polar.checkpoint.hf_convert import ConversionError, export_hf, import_hf, model_overrides
+from megatron_polar.config import from_yaml
 from megatron_polar.utils.logging import get_logger, setup_logging
 
 log = get_logger("megatron_polar.convert")
@@ -74,7 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 overwrite=args.overwrite,
                 device=args.device,
             )
-            print(f"wrote {path}\ntrain from it with: checkpoint.pretrained={path.parent}")
+            model = from_yaml(manager.read_config_yaml(path)).model
+            print(f"wrote {path}")
+            print(
+                f"train from it with: checkpoint.pretrained={path.parent} {' '.join(model_overrides(model))}"
+            )
         else:
             path = export_hf(
                 args.checkpoint,

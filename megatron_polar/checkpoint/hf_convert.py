@@ -55,7 +55,7 @@ from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["ConversionError", "export_hf", "import_hf", "model_config_from_hf"]
+__all__ = ["ConversionError", "export_hf", "import_hf", "model_config_from_hf", "model_overrides"]
 
 SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM",
@@ -146,6 +146,24 @@ def model_config_from_hf(
     except ConfigError as exc:
         raise ConversionError(f"{path}: {exc}") from exc
     return model
+
+
+def model_overrides(m: ModelConfig) -> list[str]:
+    """Hydra overrides that make a training run's model match ``m`` (needed with ``checkpoint.pretrained``)."""
+    keys = (
+        "num_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "num_query_groups",
+        "ffn_hidden_size",
+        "vocab_size",
+        "max_position_embeddings",
+        "rotary_base",
+        "norm_epsilon",
+        "reward_token_id",
+        "split_token_id",
+    )
+    return [f"model.{k}={'null' if getattr(m, k) is None else getattr(m, k)}" for k in keys]
 
 
 def _expected_hf_names(layout: HFLayout, shape: TrunkShape) -> set[str]:

@@ -29,7 +29,12 @@ def seqcls_dir(work):
 
 @pytest.fixture(scope="session")
 def causal_ckpt(work, causal_dir):
-    return import_hf(causal_dir, work / "ck-causal")
+    """Imported through the command line."""
+    from megatron_polar.checkpoint.manager import latest_complete
+    from megatron_polar.convert import main
+
+    assert main(["import-hf", "--hf-dir", str(causal_dir), "--output", str(work / "ck-causal")]) == 0
+    return latest_complete(work / "ck-causal")
 
 
 @pytest.fixture(scope="session")
