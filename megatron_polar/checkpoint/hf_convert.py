@@ -224,7 +224,10 @@ def import_hf(
             f"{hf_dir} has neither model.embed_tokens.weight (Llama layout) nor model.tok_embeddings.weight "
             "(InternLM2 layout)"
         )
-    vocab = _source_vocab(hf_dir, tokenizer)
+    needs_lookup = any(
+        t is not None and not str(t).lstrip("-").isdigit() for t in (reward_token, split_token)
+    )
+    vocab = _source_vocab(hf_dir, tokenizer) if needs_lookup else None
     reward_id = resolve_token(reward_token, vocab, "reward-token")
     split_id = resolve_token(split_token, vocab, "split-token")
     model_cfg = model_config_from_hf(

@@ -16,6 +16,7 @@ SPLIT_TOKEN, REWARD_TOKEN = "<|reward|>", "[UNUSED_TOKEN_130]"
 def llama_config(**extra):
     from transformers import LlamaConfig
 
+    extra.setdefault("tie_word_embeddings", False)
     return LlamaConfig(
         hidden_size=HIDDEN,
         num_hidden_layers=LAYERS,
@@ -26,7 +27,6 @@ def llama_config(**extra):
         rope_theta=10000.0,
         max_position_embeddings=512,
         rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
         pad_token_id=PAD_ID,
         **extra,
     )

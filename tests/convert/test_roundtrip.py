@@ -40,6 +40,7 @@ def test_llama_round_trip_is_exact(work, causal_dir, causal_ckpt):
     assert config["architectures"] == ["LlamaForSequenceClassification"] and len(config["id2label"]) == 1
 
 
+@pytest.mark.distributed
 def test_round_trip_through_tp2_pp2_checkpoint(work, causal_dir, causal_ckpt):
     """Load the import at TP=2 x PP=2, save it from that layout, export in one process: still exact."""
     root = work / "ck-tp2pp2"
@@ -95,3 +96,17 @@ def test_export_casts_dtype(work, causal_ckpt, causal_dir, dtype, torch_dtype):
     name = "model.layers.1.self_attn.k_proj.weight"
     assert exported[name].dtype == torch_dtype and torch.equal(exported[name], source[name].to(torch_dtype))
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+
+
+def test_tied_embeddings_import_without_lm_head(work):
+    """A tied LM head is not saved separately; the reward model needs only the embedding."""
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(fx.llama_config(tie_word_embeddings=True))
+    model.save_pretrained(work / "hf-tied", safe_serialization=True)
+    source = load_file(work / "hf-tied" / "model.safetensors")
+    assert "lm_head.weight" not in source
+    ckpt = import_hf(work / "hf-tied", work / "ck-tied", reward_token=7)
+    exported = fx.load_dir(export_hf(ckpt, work / "rt-tied"))
+    _assert_identical(exported, source)
+    assert json.loads((work / "rt-tied" / "config.json").read_text())["reward_token_id"] == 7
