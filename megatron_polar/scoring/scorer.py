@@ -15,6 +15,7 @@ spread is reported by :meth:`PolarScorer.score_detailed`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -203,6 +204,10 @@ class PolarScorer:
         """Raw rewards of token sequences (each ending with the reward token), in the given order."""
         if not sequences:
             return []
+        with _device_mode():
+            return self._forward_sequences(sequences)
+
+    def _forward_sequences(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         rewards = [0.0] * len(sequences)
         lengths = [len(s) for s in sequences]
         plan = plan_micro_batches(lengths, self.batch_tokens, self.max_batch_sequences, self.pad_multiple)
@@ -318,6 +323,19 @@ class PolarScorer:
             "max_response_length": self.max_response_length,
             "normalized": self.normalizer is not None,
         }
+
+
+def _device_mode() -> contextlib.AbstractContextManager:
+    """The CPU backend's device redirection for this thread.
+
+    ``cpu_backend.enable`` enters its ``TorchFunctionMode`` on the thread that calls it, and modes are
+    thread-local, so a forward pass on another thread (the server's batching worker) must enter it too.
+    """
+    from megatron_polar.parallel import cpu_backend
+
+    if cpu_backend.is_enabled():
+        return cpu_backend._CpuDeviceMode()  # noqa: SLF001 - see the report: wants a public helper
+    return contextlib.nullcontext()
 
 
 def _load_tokenizer(tokenizer: Any) -> Any:
