@@ -2,7 +2,8 @@
 
 Handlers :meth:`DynamicBatcher.submit` a list of token sequences and wait on the returned future. The
 worker takes the oldest pending work, then keeps collecting sequences from later work until it holds
-``max_batch`` sequences or ``max_wait_ms`` have passed since it started collecting, scores them in one
+``max_batch`` sequences or ``max_wait_ms`` have passed since it started collecting (or nothing is queued
+and no request is on its way, see :meth:`DynamicBatcher.incoming`), scores them in one
 call and hands each request its own slice of the results. A request larger than ``max_batch`` is split
 over consecutive batches, so ``max_batch=1`` scores strictly one sequence at a time.
 """
@@ -10,9 +11,10 @@ over consecutive batches, so ``max_batch=1`` scores strictly one sequence at a t
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 
 from megatron_polar.utils.logging import get_logger
@@ -57,6 +59,7 @@ class DynamicBatcher:
         self._pending: collections.deque[_Work] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._arriving = 0  # requests inside incoming()
         self._thread = threading.Thread(target=self._run, name="polar-batcher", daemon=True)
         self._thread.start()
 
@@ -99,6 +102,23 @@ class DynamicBatcher:
                 self._pending.popleft()
         return moved
 
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Mark a request that is being parsed and encoded and will :meth:`submit` shortly.
+
+        While no such request exists and the queue is empty, waiting for the batch to fill is pointless:
+        the worker starts the batch at once instead of sitting out ``max_wait_ms`` (closed-loop clients
+        would otherwise pay the full wait on every batch).
+        """
+        with self._cond:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._arriving -= 1
+                self._cond.notify_all()
+
     def _collect(self) -> list[tuple[_Work, int]] | None:
         """The next batch, or None once closed and drained."""
         batch: list[tuple[_Work, int]] = []
@@ -107,15 +127,17 @@ class DynamicBatcher:
                 if self._closed:
                     return None
                 self._cond.wait()
-            self._take(self.max_batch, batch)
             deadline = time.monotonic() + self.max_wait_s
-            while len(batch) < self.max_batch and not self._closed:
+            while True:
+                self._take(self.max_batch - len(batch), batch)
+                if len(batch) >= self.max_batch or self._closed:
+                    break
+                if not self._pending and self._arriving == 0:
+                    break  # nothing queued and nobody about to submit
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                if not self._pending:
-                    self._cond.wait(left)
-                self._take(self.max_batch - len(batch), batch)
+                self._cond.wait(left)
         return batch
 
     def _run(self) -> None:

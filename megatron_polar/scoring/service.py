@@ -13,6 +13,7 @@ Kept free of HTTP so that the protocols can be tested and reused directly. Two p
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -50,13 +51,17 @@ class RewardService:
         self.requests_served = 0
         self._lock = threading.Lock()
 
-    def _run(self, requests: list[ScoreRequest]) -> tuple[list[EncodedRequest], list[list[CandidateScore]]]:
+    def _submit(self, requests: list[ScoreRequest]) -> tuple[list[EncodedRequest], Future]:
         encoded = [self.scorer.encode(r) for r in requests]
-        flat = [s for e in encoded for s in e.sequences]
         try:
-            raw = self.batcher.submit(flat).result(timeout=self.request_timeout_s)
+            future = self.batcher.submit([s for e in encoded for s in e.sequences])
         except BatcherClosed as exc:
             raise RequestError("the server is shutting down", status=503) from exc
+        return encoded, future
+
+    def _finish(self, encoded: list[EncodedRequest], future: Future) -> list[list[CandidateScore]]:
+        try:
+            raw = future.result(timeout=self.request_timeout_s)
         except FutureTimeout as exc:
             raise RequestError(
                 f"no result within {self.request_timeout_s:.0f}s; server overloaded", 503
@@ -67,15 +72,17 @@ class RewardService:
             pos += len(e.sequences)
         with self._lock:
             self.requests_served += 1
-        return encoded, out
+        return out
 
     def score(self, body: Any) -> dict:
         """The native ``/score`` endpoint."""
-        request = parse_score_request(body)
-        detail = body.get("detail", False)
-        if not isinstance(detail, bool):
-            raise RequestError(f"'detail' must be a boolean, got {type(detail).__name__}")
-        _, [scores] = self._run([request])
+        with self.batcher.incoming():  # parse and encode, then queue: the batcher may wait for us
+            request = parse_score_request(body)
+            detail = body.get("detail", False)
+            if not isinstance(detail, bool):
+                raise RequestError(f"'detail' must be a boolean, got {type(detail).__name__}")
+            pending = self._submit([request])
+        [scores] = self._finish(*pending)
         response: dict[str, Any] = {
             "rewards": [s.reward for s in scores],
             "truncated": [s.truncated for s in scores],
@@ -95,6 +102,15 @@ class RewardService:
 
     def get_reward(self, body: Any) -> dict:
         """OpenRLHF's ``/get_reward``: one reward per query."""
+        with self.batcher.incoming():
+            requests = self._parse_get_reward(body)
+            pending = self._submit(requests)
+        scores = self._finish(*pending)
+        rewards = [s[0].reward for s in scores]
+        truncated = [float(s[0].truncated) for s in scores]  # per query, so trainers can average it
+        return {"rewards": rewards, "scores": rewards, "extra_logs": {"truncated": truncated}}
+
+    def _parse_get_reward(self, body: Any) -> list[ScoreRequest]:
         if not isinstance(body, dict):
             raise RequestError(f"request must be a JSON object, got {type(body).__name__}")
         lists = {}
@@ -111,13 +127,7 @@ class RewardService:
         for key in ("prompts", "labels"):
             if len(lists[key]) != n:
                 raise RequestError(f"'{key}' has {len(lists[key])} items but 'query' has {n}")
-        requests = [
-            self._openrlhf_request(i, q, p, lab) for i, (q, p, lab) in enumerate(zip(*lists.values()))
-        ]
-        _, scores = self._run(requests)
-        rewards = [s[0].reward for s in scores]
-        truncated = [float(s[0].truncated) for s in scores]  # per query, so trainers can average it
-        return {"rewards": rewards, "scores": rewards, "extra_logs": {"truncated": truncated}}
+        return [self._openrlhf_request(i, q, p, lab) for i, (q, p, lab) in enumerate(zip(*lists.values()))]
 
     def _openrlhf_request(self, i: int, query: Any, prompt: Any, label: Any) -> ScoreRequest:
         if not isinstance(query, str):

@@ -26,7 +26,7 @@ def make_tokenizer(prefix: str | Path, vocab_size: int = 300) -> str:
     return train_sentencepiece(texts, str(prefix), vocab_size)
 
 
-def make_checkpoint(root: str | Path, seed: int = 0) -> str:
+def make_checkpoint(root: str | Path, seed: int = 0, num_layers: int = 2) -> str:
     """Save a tiny model (random, non-zero reward head) as a megatron_polar checkpoint; returns the root."""
     import torch
 
@@ -34,7 +34,7 @@ def make_checkpoint(root: str | Path, seed: int = 0) -> str:
     from megatron_polar.config import load_config, to_yaml
     from megatron_polar.model.standalone import build_single
 
-    cfg = load_config(["train.precision=fp32", "model.num_layers=2", f"train.seed={seed}"])
+    cfg = load_config(["train.precision=fp32", f"model.num_layers={num_layers}", f"train.seed={seed}"])
     model = build_single(cfg, "cpu")
     with torch.no_grad():
         gen = torch.Generator().manual_seed(seed)

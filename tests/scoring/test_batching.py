@@ -98,3 +98,21 @@ def test_close_drains_pending_work():
     futures = [batcher.submit([[i]]) for i in range(20)]
     batcher.close(timeout=30)
     assert [f.result(timeout=0) for f in futures] == [[float(i)] for i in range(20)]
+
+
+def test_batcher_does_not_wait_when_nobody_is_arriving():
+    batcher = DynamicBatcher(_sum_fn([]), max_batch=64, max_wait_ms=2000)
+    try:
+        t0 = time.monotonic()
+        assert batcher.submit([[1]]).result(timeout=10) == [1.0]
+        assert time.monotonic() - t0 < 1.0  # no request inside incoming(): no reason to wait 2 s
+        calls: list[int] = []
+        batcher.score_fn = _sum_fn(calls)
+        with batcher.incoming():  # a request being encoded: the first one's batch waits for it
+            first = batcher.submit([[1]])
+            time.sleep(0.05)
+            second = batcher.submit([[2]])
+        assert first.result(timeout=10) == [1.0] and second.result(timeout=10) == [2.0]
+        assert calls == [2]
+    finally:
+        batcher.close()
