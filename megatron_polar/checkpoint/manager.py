@@ -121,6 +121,11 @@ def _barrier() -> None:
         dist.barrier()
 
 
+# Gathers the distributed optimizer's state into a canonical per-parameter form on save, so a checkpoint
+# resumes at any TP/PP/DP layout (the model-space format is rejected by megatron-core 0.16).
+_OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
 def save(
     root: str | Path,
     step: int,
@@ -143,9 +148,7 @@ def save(
     t0 = time.monotonic()
     state = _model_sharded_state(chunks)
     if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(
-            state, metadata={"distrib_optim_sharding_type": "fully_sharded_model_space"}
-        )
+        state["optimizer"] = optimizer.sharded_state_dict(state, metadata=_OPTIM_METADATA)
         state["rng_state"] = _rng_sharded_object()
     dist_checkpointing.save(state, str(path))
     _barrier()
@@ -198,9 +201,7 @@ def load(path: str | Path, chunks: list[nn.Module], optimizer=None) -> dict:
     path = resolve(path)
     state = _model_sharded_state(chunks)
     if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(
-            state, is_loading=True, metadata={"distrib_optim_sharding_type": "fully_sharded_model_space"}
-        )
+        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True, metadata=_OPTIM_METADATA)
         state["rng_state"] = _rng_sharded_object()
     try:
         loaded = dist_checkpointing.load(state, str(path))

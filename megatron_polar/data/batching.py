@@ -33,7 +33,7 @@ def collate_padded(
     rows = [seq for pair in pairs for seq in pair]
     tokens = torch.full((len(rows), seq_length), pad_id, dtype=torch.long)
     reward_index = torch.empty(len(rows), dtype=torch.long)
-    real = 0
+    real = sq = 0
     for r, seq in enumerate(rows):
         n = len(seq)
         if not 0 < n <= seq_length:
@@ -41,6 +41,7 @@ def collate_padded(
         tokens[r, :n] = torch.as_tensor(np.asarray(seq, dtype=np.int64))
         reward_index[r] = r * seq_length + n - 1
         real += n
+        sq += n * n
     position_ids = torch.arange(seq_length).expand(len(rows), -1).contiguous()
     mask = _causal_mask(seq_length).expand(len(rows), 1, -1, -1) if explicit_mask else None
     return RewardBatch(
@@ -49,6 +50,7 @@ def collate_padded(
         reward_index=reward_index.view(-1, 2),
         attention_mask=mask,
         num_real_tokens=real,
+        sum_sq_lengths=sq,
     )
 
 
@@ -67,7 +69,7 @@ def collate_packed(
     segment = torch.full((n_rows, seq_length), -1, dtype=torch.long)
     reward_index: list[int] = []
     seqlens: list[int] = []
-    real = 0
+    real = sq = 0
     for r, row in enumerate(rows):
         col = 0
         for chosen, rejected in row:
@@ -80,6 +82,7 @@ def collate_packed(
                 segment[r, col : col + n] = len(seqlens)
                 reward_index.append(r * seq_length + col + n - 1)
                 seqlens.append(n)
+                sq += n * n
                 col += n
         real += col
         if col < seq_length:  # the padding tail attends only to itself
@@ -91,6 +94,7 @@ def collate_packed(
         position_ids=position_ids,
         reward_index=torch.tensor(reward_index, dtype=torch.long).view(-1, 2),
         num_real_tokens=real,
+        sum_sq_lengths=sq,
     )
     if thd:
         cu = torch.zeros(len(seqlens) + 1, dtype=torch.int32)

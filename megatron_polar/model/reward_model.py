@@ -43,6 +43,7 @@ class RewardBatch:
     attention_mask: Tensor | None = None
     packed_seq_params: PackedSeqParams | None = None
     num_real_tokens: int = 0  # non-padding tokens, for throughput accounting
+    sum_sq_lengths: int = 0  # sum of squared sequence lengths, for attention FLOPs
 
     def to(self, device: torch.device) -> RewardBatch:
         move = lambda t: t.to(device, non_blocking=True) if isinstance(t, Tensor) else t  # noqa: E731
@@ -62,6 +63,7 @@ class RewardBatch:
             attention_mask=move(self.attention_mask),
             packed_seq_params=psp,
             num_real_tokens=self.num_real_tokens,
+            sum_sq_lengths=self.sum_sq_lengths,
         )
 
 

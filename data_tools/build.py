@@ -1,0 +1,290 @@
+"""``build``: triples JSONL -> megatron-core indexed pair dataset + manifest.
+
+Pipeline: the parent streams input lines (plain/gz/zst, bounded line size) into fixed chunks of
+``chunk_rows`` lines; workers tokenise each chunk into a shard (``data_tools.encode``); the parent
+merges shards in chunk order with ``IndexedDatasetBuilder.add_index`` while at most ``2 * workers``
+chunks are in flight, so memory does not grow with the input (only the index's per-pair lengths do).
+
+Outputs are written under temporary names and renamed at the end: ``.bin``, then ``.idx``, then the
+manifest, which marks a complete build. A failed or interrupted build leaves no manifest (and normally no
+final ``.bin``/``.idx`` either); existing outputs are refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from data_tools.encode import TRUNCATION_KEYS, ChunkResult, EncodeSettings, encode_chunk, init_worker
+from data_tools.records import DEFAULT_MAX_LINE_BYTES, BadRows, InputFile, iter_raw_lines
+from data_tools.writers import check_writable
+from megatron_polar.data import contract
+from megatron_polar.data.format import check_lengths
+from megatron_polar.data.packing import pack_pairs, packing_efficiency, split_oversize
+from megatron_polar.data.tokenizer import PolarTokenizer
+from megatron_polar.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+PACKING_ROW_LENGTHS = (8192, 16384, 32768, 65536)
+_PACKING_SAMPLE = 200_000  # pairs used for the projected packing efficiency
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Options of ``build``."""
+
+    max_length: int = 16384  # tokens per sequence, after the released truncation
+    max_response_length: int = 4096  # cap on the reference and on each candidate
+    workers: int = 1  # tokenising processes (1: in-process)
+    chunk_rows: int = 2048  # input lines per chunk / shard (fixes the output order; not worker-dependent)
+    strict: bool = False  # stop at the first bad row instead of skipping it
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_examples: int = 5  # file:line examples kept per skip reason
+    overwrite: bool = False
+    progress: bool | None = None  # tqdm bar on stderr; None: only when stderr is a terminal
+
+
+@dataclass
+class BuildTotals:
+    """Counters summed over chunks."""
+
+    rows_read: int = 0
+    pairs_written: int = 0
+    tokens: int = 0
+    encoded_tokens: int = 0
+    truncated: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TRUNCATION_KEYS, 0))
+    bad: BadRows = field(default_factory=BadRows)
+    worker_peak_rss_kb: dict[int, int] = field(default_factory=dict)
+
+    def add(self, r: ChunkResult) -> None:
+        """Fold one chunk's counters in."""
+        self.rows_read += r.rows
+        self.pairs_written += r.pairs
+        self.tokens += r.tokens
+        self.encoded_tokens += r.encoded_tokens
+        for k, v in r.truncated.items():
+            self.truncated[k] += v
+        self.bad.merge(r.bad)
+        self.worker_peak_rss_kb[r.pid] = max(self.worker_peak_rss_kb.get(r.pid, 0), r.peak_rss_kb)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 below 65500 ids, else int32 (megatron's ``DType.optimal_dtype``)."""
+    from megatron.core.datasets.indexed_dataset import DType
+
+    return np.dtype(DType.optimal_dtype(vocab_size))
+
+
+def _chunks(paths: list[str], cfg: BuildConfig, infos: list[InputFile]) -> Iterator[tuple[int, list]]:
+    """Fixed-size chunks of ``(file_no, line_no, raw)`` over all inputs, in input order."""
+    chunk: list = []
+    chunk_id = 0
+    for file_no, path in enumerate(paths):
+        info = InputFile(path=os.path.abspath(path))
+        infos.append(info)
+        for line_no, raw in iter_raw_lines(path, cfg.max_line_bytes, info):
+            chunk.append((file_no, line_no, raw))
+            if len(chunk) >= cfg.chunk_rows:
+                yield chunk_id, chunk
+                chunk, chunk_id = [], chunk_id + 1
+    if chunk:
+        yield chunk_id, chunk
+
+
+def _ordered_results(tasks: Iterator, workers: int, initargs: tuple) -> Iterator[ChunkResult]:
+    """Results in task order with at most ``2 * workers`` tasks in flight (``Pool.imap`` would read
+    the whole input ahead)."""
+    if workers <= 1:
+        init_worker(*initargs)
+        for task in tasks:
+            yield encode_chunk(task)
+        return
+    # fork: workers inherit the imported modules; nothing here has started threads.
+    with mp.get_context("fork").Pool(workers, initializer=init_worker, initargs=initargs) as pool:
+        pending: deque = deque()
+        for task in tasks:
+            pending.append(pool.apply_async(encode_chunk, (task,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def _progress(cfg: BuildConfig):
+    from tqdm import tqdm
+
+    disable = (not sys.stderr.isatty()) if cfg.progress is None else not cfg.progress
+    return tqdm(unit="rows", unit_scale=True, file=sys.stderr, disable=disable, desc="build")
+
+
+def build_dataset(
+    paths: list[str], prefix: str, tokenizer: PolarTokenizer, cfg: BuildConfig = BuildConfig()
+) -> dict:
+    """Build ``<prefix>.{bin,idx,manifest.json}`` from triples JSONL files; returns the manifest.
+
+    Raises:
+        FileExistsError: outputs exist and ``cfg.overwrite`` is off.
+        RecordError: under ``cfg.strict``, the first bad row (its message names ``file:line``).
+        InputError: an input is missing or truncated.
+    """
+    from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+
+    check_lengths(cfg.max_length, cfg.max_response_length)
+    if not paths:
+        raise ValueError("no input files")
+    final = {
+        "bin": contract.bin_path(prefix),
+        "idx": contract.idx_path(prefix),
+        "manifest": contract.manifest_path(prefix),
+    }
+    check_writable(list(final.values()), cfg.overwrite)
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)) or ".", exist_ok=True)
+    tmp_prefix = f"{prefix}.tmp-{os.getpid()}"
+    shard_dir = f"{tmp_prefix}.shards"
+    tmp = {
+        "bin": contract.bin_path(tmp_prefix),
+        "idx": contract.idx_path(tmp_prefix),
+        "manifest": contract.manifest_path(tmp_prefix),
+    }
+    os.makedirs(shard_dir)
+    dtype = token_dtype(tokenizer.vocab_size)
+    settings = EncodeSettings(
+        paths=tuple(paths),
+        shard_dir=shard_dir,
+        dtype=dtype.name,
+        max_length=cfg.max_length,
+        max_response_length=cfg.max_response_length,
+        strict=cfg.strict,
+        max_line_bytes=cfg.max_line_bytes,
+        max_examples=cfg.max_examples,
+    )
+    totals = BuildTotals(bad=BadRows(max_examples=cfg.max_examples))
+    infos: list[InputFile] = []
+    start = time.perf_counter()
+    gc.freeze()  # add_index calls gc.collect() per shard; keep that cheap
+    try:
+        builder = IndexedDatasetBuilder(tmp["bin"], dtype=dtype.type)
+        with _progress(cfg) as bar:
+            for result in _ordered_results(_chunks(paths, cfg, infos), cfg.workers, (tokenizer, settings)):
+                _log_bad_rows(result, totals)
+                totals.add(result)
+                if result.error is not None:
+                    raise result.error
+                builder.add_index(result.shard_prefix)
+                for ext in (".bin", ".idx"):
+                    os.remove(result.shard_prefix + ext)
+                bar.update(result.rows)
+                bar.set_postfix(tok_s=f"{totals.tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
+        builder.finalize(tmp["idx"])
+        elapsed = time.perf_counter() - start
+        # Copy: megatron unmaps the index when the dataset object dies, invalidating views into it.
+        built = IndexedDataset(tmp_prefix)
+        lengths = np.array(built.sequence_lengths, dtype=np.int64).reshape(-1, contract.SEQUENCES_PER_PAIR)
+        del built
+        manifest = _manifest(paths, infos, tokenizer, cfg, dtype, totals, lengths, elapsed)
+        with open(tmp["manifest"], "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2, ensure_ascii=False)
+        if os.path.exists(final["manifest"]):
+            os.remove(final["manifest"])  # never let an old manifest vouch for new files mid-rename
+        for key in ("bin", "idx", "manifest"):
+            os.replace(tmp[key], final[key])
+    finally:
+        gc.unfreeze()
+        shutil.rmtree(shard_dir, ignore_errors=True)
+        for path in tmp.values():
+            if os.path.exists(path):
+                os.remove(path)
+    logger.info(
+        "built %s: %d pairs from %d rows (%d skipped), %d tokens in %.1fs (%.0f tokens/s)",
+        prefix,
+        totals.pairs_written,
+        totals.rows_read,
+        totals.bad.total,
+        totals.tokens,
+        elapsed,
+        totals.tokens / max(elapsed, 1e-9),
+    )
+    return manifest
+
+
+def _log_bad_rows(result: ChunkResult, totals: BuildTotals) -> None:
+    for reason, examples in result.bad.examples.items():
+        already = totals.bad.counts.get(reason, 0)
+        for example in examples[: max(0, totals.bad.max_examples - already)]:
+            logger.warning("skipped row %s (%s)", example, reason)
+
+
+def length_histogram(pair_lengths: np.ndarray, max_length: int) -> dict:
+    """Counts of pair lengths in power-of-two bins up to ``2 * max_length``."""
+    edges = [0] + [1 << k for k in range(6, 64) if (1 << k) < 2 * max_length] + [2 * max_length]
+    counts, _ = np.histogram(pair_lengths, bins=edges)
+    return {"bin_edges": edges, "counts": counts.tolist()}
+
+
+def projected_packing(pair_lengths: np.ndarray, row_lengths=PACKING_ROW_LENGTHS, seed: int = 0) -> dict:
+    """Packing efficiency the training-side packer would reach at several row lengths (on a sample)."""
+    rng = np.random.default_rng(seed)
+    sample = pair_lengths[rng.permutation(len(pair_lengths))[:_PACKING_SAMPLE]]
+    out = {}
+    for row in row_lengths:
+        kept, dropped = split_oversize(sample, row)
+        rows = pack_pairs(sample[kept], row)
+        out[str(row)] = {
+            "efficiency": round(packing_efficiency(sample[kept], rows, row), 5),
+            "dropped_fraction": round(len(dropped) / max(len(sample), 1), 6),
+            "pairs_per_row": round(len(kept) / max(len(rows), 1), 3),
+        }
+    return {"sampled_pairs": int(len(sample)), "rows": out}
+
+
+def _manifest(paths, infos, tokenizer, cfg, dtype, totals: BuildTotals, lengths, elapsed) -> dict:
+    pair_len = lengths.sum(axis=1) if len(lengths) else np.zeros(0, dtype=np.int64)
+    return {
+        "format": contract.FORMAT_NAME,
+        "format_version": contract.FORMAT_VERSION,
+        "sequences_per_pair": contract.SEQUENCES_PER_PAIR,
+        "sequence_order": ["chosen", "rejected"],
+        "created_unix": time.time(),
+        "inputs": [i.as_dict() for i in infos],
+        "tokenizer": tokenizer.describe(),
+        "dtype": dtype.name,
+        "max_length": cfg.max_length,
+        "max_response_length": cfg.max_response_length,
+        "counts": {
+            "rows_read": totals.rows_read,
+            "pairs_written": totals.pairs_written,
+            "skipped": totals.bad.as_dict(),
+            "skipped_total": totals.bad.total,
+            "truncated_pairs": totals.truncated,
+        },
+        "tokens": {
+            "total": int(lengths.sum()),
+            "chosen": int(lengths[:, 0].sum()) if len(lengths) else 0,
+            "rejected": int(lengths[:, 1].sum()) if len(lengths) else 0,
+            "max_sequence": int(lengths.max()) if len(lengths) else 0,
+            "mean_pair": float(pair_len.mean()) if len(pair_len) else 0.0,
+        },
+        "pair_length_histogram": length_histogram(pair_len, cfg.max_length),
+        "packing_projection": projected_packing(pair_len),
+        "build": {
+            "workers": cfg.workers,
+            "chunk_rows": cfg.chunk_rows,
+            "seconds": round(elapsed, 3),
+            "tokens_per_s": round(totals.tokens / max(elapsed, 1e-9), 1),
+            "encoded_tokens": totals.encoded_tokens,
+            "main_peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "worker_peak_rss_kb": sorted(totals.worker_peak_rss_kb.values()),
+        },
+    }

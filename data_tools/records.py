@@ -1,0 +1,311 @@
+"""JSONL input: streaming reads of plain / gzip / zstd files, line limits, schema checks, bad-row counts.
+
+Every problem with a row is a :class:`RecordError` carrying a *reason* (a short counter name such as
+``malformed_json``) and the row's ``file:line``. Callers either count it in :class:`BadRows` and move on,
+or, under ``--strict``, let it stop the run. A damaged file (a truncated ``.gz``/``.zst``) is an
+:class:`InputError` and always stops the run: how much data is missing cannot be known.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from megatron_polar.data.format import flatten_messages
+
+DEFAULT_MAX_LINE_BYTES = 16 << 20  # longer lines are skipped as ``line_too_long`` without being held
+_READ_BLOCK = 1 << 20
+
+
+class RecordError(ValueError):
+    """A bad row: ``reason`` is a counter name, ``location`` is ``file:line``."""
+
+    def __init__(self, reason: str, message: str, location: str = "?") -> None:
+        super().__init__(f"{location}: {reason}: {message}")
+        self.reason, self.message, self.location = reason, message, location
+
+    def __reduce__(self):
+        # Picklable across worker processes despite the three-argument constructor.
+        return (RecordError, (self.reason, self.message, self.location))
+
+    def at(self, location: str) -> RecordError:
+        """The same error, placed at ``location``."""
+        return RecordError(self.reason, self.message, location)
+
+
+class InputError(RuntimeError):
+    """An input file cannot be read to its end (missing, truncated or corrupt compression)."""
+
+
+@dataclass
+class BadRows:
+    """Counts of skipped rows by reason, with up to ``max_examples`` ``file:line: message`` examples each."""
+
+    max_examples: int = 5
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, error: RecordError) -> None:
+        """Count one bad row."""
+        self.counts[error.reason] = self.counts.get(error.reason, 0) + 1
+        ex = self.examples.setdefault(error.reason, [])
+        if len(ex) < self.max_examples:
+            ex.append(f"{error.location}: {error.message}")
+
+    def merge(self, other: BadRows) -> None:
+        """Add another tally (examples stay capped, earliest first)."""
+        for reason, n in other.counts.items():
+            self.counts[reason] = self.counts.get(reason, 0) + n
+            ex = self.examples.setdefault(reason, [])
+            ex.extend(other.examples.get(reason, [])[: max(0, self.max_examples - len(ex))])
+
+    @property
+    def total(self) -> int:
+        """All bad rows."""
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict:
+        """``{reason: {"count": n, "examples": [...]}}``, sorted by reason."""
+        return {
+            r: {"count": self.counts[r], "examples": self.examples.get(r, [])} for r in sorted(self.counts)
+        }
+
+
+class _HashingReader(io.RawIOBase):
+    """Pass-through reader that hashes the raw (compressed) bytes it hands on."""
+
+    def __init__(self, raw: io.BufferedReader) -> None:
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+        self.nbytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self._raw.readinto(b)
+        if n:
+            self.sha256.update(memoryview(b)[:n])
+            self.nbytes += n
+        return n or 0
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _ZstdReader(io.RawIOBase):
+    """Multi-frame zstd decompression that notices a truncated last frame (``stream_reader`` does not)."""
+
+    def __init__(self, raw: io.RawIOBase) -> None:
+        import zstandard
+
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._dobj = None
+        self._buf = b""
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self._pos >= len(self._buf):
+            chunk = self._raw.read(_READ_BLOCK)
+            if not chunk:
+                if self._dobj is not None and not self._dobj.eof:
+                    raise EOFError("zstd stream ends inside a frame (truncated file)")
+                return 0
+            out = []
+            while chunk:
+                if self._dobj is None or self._dobj.eof:
+                    self._dobj = self._dctx.decompressobj()
+                out.append(self._dobj.decompress(chunk))
+                chunk = self._dobj.unused_data if self._dobj.eof else b""
+            self._buf, self._pos = b"".join(out), 0
+        n = min(len(b), len(self._buf) - self._pos)
+        b[:n] = self._buf[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+@dataclass
+class InputFile:
+    """What a manifest records about one input: filled in while the file is read."""
+
+    path: str
+    size: int = 0
+    mtime: float = 0.0
+    sha256: str | None = None  # of the file's bytes as stored (compressed), set after a full read
+    lines: int = 0
+
+    def as_dict(self) -> dict:
+        """JSON-ready form."""
+        return {
+            "path": self.path,
+            "size": self.size,
+            "mtime": self.mtime,
+            "sha256": self.sha256,
+            "lines": self.lines,
+        }
+
+
+def iter_raw_lines(path: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, info: InputFile | None = None):
+    """Yield ``(line_number, bytes | None)`` for each line of a ``.jsonl``, ``.jsonl.gz`` or ``.jsonl.zst``.
+
+    A line longer than ``max_line_bytes`` is yielded as ``None`` after being read past in bounded blocks,
+    so memory stays within about ``max_line_bytes``. Blank lines are skipped. Fills ``info`` (size,
+    mtime, sha256 of the stored bytes, line count) when given.
+
+    Raises:
+        InputError: the file is missing or its compression is truncated/corrupt (names ``file:line``).
+    """
+    try:
+        st = os.stat(path)
+        raw = open(path, "rb", buffering=0)
+    except OSError as e:
+        raise InputError(f"{path}: cannot open: {e}") from e
+    if info is not None:
+        info.size, info.mtime = st.st_size, st.st_mtime
+    hashing = _HashingReader(raw)
+    if path.endswith(".gz"):
+        stream = gzip.GzipFile(fileobj=io.BufferedReader(hashing, _READ_BLOCK), mode="rb")
+    elif path.endswith(".zst") or path.endswith(".zstd"):
+        stream = io.BufferedReader(_ZstdReader(io.BufferedReader(hashing, _READ_BLOCK)), _READ_BLOCK)
+    else:
+        stream = io.BufferedReader(hashing, _READ_BLOCK)
+    line_no = 0
+    try:
+        with stream:
+            while True:
+                line = stream.readline(max_line_bytes + 1)
+                if not line:
+                    break
+                line_no += 1
+                if len(line) > max_line_bytes and not line.endswith(b"\n"):
+                    while line and not line.endswith(b"\n"):
+                        line = stream.readline(_READ_BLOCK)
+                    yield line_no, None
+                    continue
+                if line.strip():
+                    yield line_no, line
+    except (EOFError, OSError, gzip.BadGzipFile) as e:
+        raise InputError(
+            f"{path}:{line_no + 1}: input ends early or is corrupt ({e}); nothing was written"
+        ) from e
+    if info is not None:
+        info.sha256 = hashing.sha256.hexdigest()
+        info.lines = line_no
+
+
+def parse_line(raw: bytes | None, location: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> dict:
+    """Decode one JSONL line into a dict, or raise :class:`RecordError` (reasons ``line_too_long``,
+    ``invalid_utf8``, ``malformed_json``, ``not_an_object``)."""
+    if raw is None:
+        raise RecordError("line_too_long", f"line longer than --max-line-bytes={max_line_bytes}", location)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordError("invalid_utf8", f"not UTF-8 at byte {e.start}", location) from None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RecordError("malformed_json", f"{e.msg} at column {e.colno}", location) from None
+    if not isinstance(row, dict):
+        raise RecordError("not_an_object", f"expected a JSON object, got {type(row).__name__}", location)
+    return row
+
+
+def iter_rows(
+    paths: list[str],
+    bad: BadRows,
+    *,
+    strict: bool = False,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    infos: list[InputFile] | None = None,
+) -> Iterator[tuple[str, dict]]:
+    """Yield ``(file:line, row)`` for every parseable row of ``paths`` in order.
+
+    Bad lines are counted in ``bad`` (or raised under ``strict``). ``infos`` receives one
+    :class:`InputFile` per path.
+    """
+    for path in paths:
+        info = InputFile(path=os.path.abspath(path))
+        if infos is not None:
+            infos.append(info)
+        for line_no, raw in iter_raw_lines(path, max_line_bytes, info):
+            location = f"{path}:{line_no}"
+            try:
+                yield location, parse_line(raw, location, max_line_bytes)
+            except RecordError as e:
+                if strict:
+                    raise
+                bad.add(e)
+
+
+# ---- schema checks ---------------------------------------------------------------------------------
+
+
+def require_text(row: dict, key: str, *, allow_empty: bool = False) -> str:
+    """``row[key]`` as flattened text (a string or a list of messages); raises :class:`RecordError`."""
+    if key not in row:
+        raise RecordError("missing_field", f"no {key!r} field")
+    value = row[key]
+    try:
+        text = flatten_messages(value)
+    except ValueError as e:
+        raise RecordError("wrong_type", f"{key!r}: {e}") from None
+    if not allow_empty and not text.strip():
+        raise RecordError("empty_field", f"{key!r} is empty")
+    return text
+
+
+def require_str(row: dict, key: str) -> str:
+    """A non-empty string field."""
+    if key not in row:
+        raise RecordError("missing_field", f"no {key!r} field")
+    value = row[key]
+    if not isinstance(value, str):
+        raise RecordError("wrong_type", f"{key!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise RecordError("empty_field", f"{key!r} is empty")
+    return value
+
+
+def optional_str(row: dict, key: str) -> str | None:
+    """A string field that may be absent or null."""
+    value = row.get(key)
+    if value is not None and not isinstance(value, str):
+        raise RecordError("wrong_type", f"{key!r} must be a string or null, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class Triple:
+    """One training triple, flattened to text (roles dropped), as ``build`` tokenises it."""
+
+    prompt: str
+    reference: str
+    chosen: str
+    rejected: str
+    wrapper: str | None = None
+
+
+def validate_triple(row: dict) -> Triple:
+    """Check a ``{"prompt","reference","chosen","rejected"[, "wrapper"]}`` row and flatten it."""
+    return Triple(
+        prompt=require_text(row, "prompt"),
+        reference=require_text(row, "reference"),
+        chosen=require_text(row, "chosen"),
+        rejected=require_text(row, "rejected"),
+        wrapper=optional_str(row, "wrapper"),
+    )

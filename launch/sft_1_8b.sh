@@ -1,0 +1,34 @@
+#!/bin/bash
+# POLAR-1.8B fine-tuning on human-ranked triples, 2 H800 nodes x 8 = 16 GPUs (paper: lr 1e-5, batch 320, ~0.5 h). Pass checkpoint.pretrained=<pre-trained RM checkpoint>.
+#   sbatch launch/sft_1_8b.sh [hydra overrides...]
+#   DRY_RUN=1 bash launch/sft_1_8b.sh [hydra overrides...]   # print what each node would run, run nothing
+# Overrides after the script name win over the presets below (see docs/cluster.md).
+#SBATCH --job-name=polar-sft-1-8b
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=16
+#SBATCH --mem=0
+#SBATCH --exclusive
+#SBATCH --time=04:00:00
+#SBATCH --signal=B:USR1@600
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=slurm-%x-%j.out
+set -euo pipefail
+
+# sbatch runs a spooled copy of this file: find the repository next to it or in the submit directory.
+POLAR_SCRIPT=${BASH_SOURCE[0]}
+for POLAR_ROOT in "${POLAR_ROOT:-}" "$(dirname "$POLAR_SCRIPT")/.." "${SLURM_SUBMIT_DIR:-.}"; do
+	[[ -f $POLAR_ROOT/launch/common.sh ]] && break
+done
+POLAR_ROOT=$(cd "$POLAR_ROOT" && pwd)
+# shellcheck source=launch/common.sh
+source "$POLAR_ROOT/launch/common.sh"
+
+polar_slurm_launch \
+	model=polar_1_8b parallel=h800_1_8b stage=sft \
+	data.seq_length=32768 train.micro_batch_size=1 \
+	model.recompute_granularity=full model.recompute_method=block model.recompute_num_layers=8 \
+	train.global_batch_size=320 optim.lr=1e-5 \
+	"$@"

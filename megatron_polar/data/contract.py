@@ -1,0 +1,150 @@
+"""The on-disk layout of a built POLAR pair dataset, shared by ``data_tools`` and the training side.
+
+A dataset is three files under one prefix:
+
+* ``<prefix>.bin`` / ``<prefix>.idx``: a megatron-core indexed dataset. Each *document* is one pair and
+  holds exactly ``SEQUENCES_PER_PAIR = 2`` sequences: index 0 the chosen sequence, index 1 the rejected
+  sequence. Each sequence is a complete POLAR sequence (see ``megatron_polar.data.format``): it starts
+  with BOS and its last token is the reward token. Tokens are ``uint16`` when the vocabulary has fewer
+  than 65500 ids, else ``int32`` (megatron's ``DType.optimal_dtype``).
+* ``<prefix>.manifest.json``: provenance, tokenizer ids, limits, counts and statistics. It is written
+  last, so a dataset without a manifest is an incomplete build.
+
+Packing pairs into rows happens at training time (``megatron_polar.data.packing``), so one build serves
+any row length and both the packed and the padded layouts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+FORMAT_NAME = "polar-pairs"
+FORMAT_VERSION = 1
+SEQUENCES_PER_PAIR = 2
+CHOSEN, REJECTED = 0, 1  # sequence index within a pair document
+_SAMPLED_CHECKS = 16  # pairs whose last tokens are checked on open
+
+
+class DatasetError(ValueError):
+    """A built dataset is missing, incomplete, corrupt or of another format version."""
+
+
+def manifest_path(prefix: str) -> str:
+    """``<prefix>.manifest.json``."""
+    return f"{prefix}.manifest.json"
+
+
+def bin_path(prefix: str) -> str:
+    """``<prefix>.bin``."""
+    return f"{prefix}.bin"
+
+
+def idx_path(prefix: str) -> str:
+    """``<prefix>.idx``."""
+    return f"{prefix}.idx"
+
+
+def read_manifest(prefix: str) -> dict:
+    """Load and check ``<prefix>.manifest.json``.
+
+    Raises:
+        DatasetError: naming the file when it is missing, not JSON, of another format or version.
+    """
+    path = manifest_path(prefix)
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: manifest missing (the build did not finish, or wrong prefix)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path}: unreadable manifest: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise DatasetError(f"{path}: not a {FORMAT_NAME} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DatasetError(
+            f"{path}: format version {manifest.get('format_version')!r}, this code reads {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+@dataclass
+class PairDataset:
+    """Read-only, mmap-backed view of a built pair dataset."""
+
+    prefix: str
+    manifest: dict
+    indexed: object  # megatron.core.datasets.indexed_dataset.IndexedDataset
+
+    def __len__(self) -> int:
+        return len(self.indexed.document_indices) - 1
+
+    def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(chosen, rejected)`` token arrays of pair ``i`` (copies: safe after the dataset is closed)."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"pair {i} out of range [0, {len(self)})")
+        base = SEQUENCES_PER_PAIR * i
+        return np.array(self.indexed[base + CHOSEN]), np.array(self.indexed[base + REJECTED])
+
+    def pair_lengths(self) -> np.ndarray:
+        """``[N, 2]`` int64 array of (chosen, rejected) lengths, from the index alone (no token reads).
+
+        A copy, because megatron unmaps the index when the ``IndexedDataset`` is garbage collected.
+        """
+        return np.array(self.indexed.sequence_lengths, dtype=np.int64).reshape(-1, SEQUENCES_PER_PAIR)
+
+    @property
+    def reward_token_id(self) -> int:
+        """The id every sequence ends with."""
+        return int(self.manifest["tokenizer"]["reward_token_id"])
+
+
+def open_pair_dataset(prefix: str, check_samples: int = _SAMPLED_CHECKS) -> PairDataset:
+    """Open ``<prefix>.{bin,idx,manifest.json}`` and check that they agree.
+
+    Checks: all three files exist; the document count equals the manifest's ``pairs_written``; every
+    document holds exactly two sequences; the last token of both sequences of ``check_samples`` evenly
+    spread pairs is the manifest's reward token id.
+
+    Raises:
+        DatasetError: naming the offending file.
+    """
+    manifest = read_manifest(prefix)
+    for path in (bin_path(prefix), idx_path(prefix)):
+        if not os.path.isfile(path):
+            raise DatasetError(f"{path}: missing")
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    try:
+        indexed = IndexedDataset(prefix, mmap=True)
+    except Exception as e:  # megatron asserts or struct errors on a corrupt index
+        raise DatasetError(f"{idx_path(prefix)}: cannot read index: {e!r}") from e
+    ds = PairDataset(prefix=prefix, manifest=manifest, indexed=indexed)
+    doc_idx = np.asarray(indexed.document_indices)
+    expected = manifest.get("counts", {}).get("pairs_written")
+    if expected is not None and len(ds) != expected:
+        raise DatasetError(f"{idx_path(prefix)}: {len(ds)} documents, manifest says {expected} pairs")
+    if len(ds) and not np.all(np.diff(doc_idx) == SEQUENCES_PER_PAIR):
+        raise DatasetError(
+            f"{idx_path(prefix)}: some documents do not hold exactly {SEQUENCES_PER_PAIR} sequences"
+        )
+    expected_bytes = (
+        int(np.asarray(indexed.sequence_lengths, dtype=np.int64).sum())
+        * np.dtype(indexed.index.dtype).itemsize
+    )
+    if os.path.getsize(bin_path(prefix)) != expected_bytes:
+        raise DatasetError(
+            f"{bin_path(prefix)}: size does not match the index ({expected_bytes} bytes expected)"
+        )
+    if len(ds):
+        reward = ds.reward_token_id
+        for i in np.unique(np.linspace(0, len(ds) - 1, num=min(check_samples, len(ds))).astype(np.int64)):
+            for seq in ds.pair(int(i)):
+                if len(seq) == 0 or int(seq[-1]) != reward:
+                    raise DatasetError(
+                        f"{bin_path(prefix)}: pair {i} does not end with reward token {reward}"
+                    )
+    return ds

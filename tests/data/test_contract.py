@@ -1,0 +1,88 @@
+"""Opening built pair datasets: consistency checks with errors that name the file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from megatron_polar.data.contract import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    DatasetError,
+    manifest_path,
+    open_pair_dataset,
+    read_manifest,
+)
+
+REWARD = 4
+
+
+def write_dataset(prefix: str, pairs, *, reward: int = REWARD, pairs_written: int | None = None) -> None:
+    """A hand-built pair dataset: each pair is one document of two sequences."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
+    for chosen, rejected in pairs:
+        builder.add_document(np.array(chosen + rejected), [len(chosen), len(rejected)])
+    builder.finalize(prefix + ".idx")
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "tokenizer": {"reward_token_id": reward},
+        "counts": {"pairs_written": len(pairs) if pairs_written is None else pairs_written},
+    }
+    with open(manifest_path(prefix), "w") as f:
+        json.dump(manifest, f)
+
+
+PAIRS = [([1, 5, 6, REWARD], [1, 7, REWARD]), ([1, 8, REWARD], [1, 9, 9, 9, REWARD])]
+
+
+def test_open_and_read(tmp_path):
+    prefix = str(tmp_path / "ds")
+    write_dataset(prefix, PAIRS)
+    ds = open_pair_dataset(prefix)
+    assert len(ds) == 2
+    assert [a.tolist() for a in ds.pair(1)] == [[1, 8, REWARD], [1, 9, 9, 9, REWARD]]
+    assert ds.pair_lengths().tolist() == [[4, 3], [3, 5]]
+    with pytest.raises(IndexError):
+        ds.pair(2)
+
+
+def test_missing_or_bad_manifest(tmp_path):
+    prefix = str(tmp_path / "ds")
+    with pytest.raises(DatasetError, match="ds.manifest.json: manifest missing"):
+        read_manifest(prefix)
+    write_dataset(prefix, PAIRS)
+    with open(manifest_path(prefix), "w") as f:
+        f.write("{trunc")
+    with pytest.raises(DatasetError, match="unreadable"):
+        read_manifest(prefix)
+    with open(manifest_path(prefix), "w") as f:
+        json.dump({"format": FORMAT_NAME, "format_version": 99}, f)
+    with pytest.raises(DatasetError, match="version 99"):
+        read_manifest(prefix)
+
+
+def test_inconsistencies_name_the_file(tmp_path):
+    p = str(tmp_path / "a")
+    write_dataset(p, PAIRS, pairs_written=3)
+    with pytest.raises(DatasetError, match=r"a\.idx: 2 documents, manifest says 3"):
+        open_pair_dataset(p)
+    p = str(tmp_path / "b")
+    write_dataset(p, PAIRS, reward=7)
+    with pytest.raises(DatasetError, match=r"b\.bin: pair 0 does not end with reward token 7"):
+        open_pair_dataset(p)
+    p = str(tmp_path / "c")
+    write_dataset(p, PAIRS)
+    with open(p + ".bin", "ab") as f:
+        f.write(b"\0\0")
+    with pytest.raises(DatasetError, match=r"c\.bin: size"):
+        open_pair_dataset(p)
+    p = str(tmp_path / "d")
+    write_dataset(p, PAIRS)
+    (tmp_path / "d.bin").unlink()
+    with pytest.raises(DatasetError, match=r"d\.bin: missing"):
+        open_pair_dataset(p)
