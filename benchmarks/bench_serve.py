@@ -120,7 +120,7 @@ def _start_server(ckpt: str, tok: str, max_batch: int, threads: int) -> tuple[su
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.scoring.serve_entry", *args],
+        [sys.executable, "-m", "megatron_polar.serve", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -172,12 +172,6 @@ def _phase(ckpt: str, tok: str, max_batch: int, payloads: list[bytes], threads: 
 
 def main() -> dict:
     """Run both phases and return the figures (also printed as JSON by ``__main__``)."""
-    import importlib.util
-
-    if importlib.util.find_spec("megatron_polar.data.format") is None:  # until the data branch is merged
-        from tests.scoring import standin_data
-
-        standin_data.install()
     from tests.scoring.helpers import make_checkpoint, make_tokenizer
 
     t0 = time.monotonic()

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
-if importlib.util.find_spec("megatron_polar.data.format") is None:  # data branch not merged yet
-    from tests.scoring import standin_data
-
-    standin_data.install()
-
-from tests.scoring.helpers import make_checkpoint, make_tokenizer  # noqa: E402
+from tests.scoring.helpers import make_checkpoint, make_tokenizer
 
 
 @pytest.fixture(scope="session")
