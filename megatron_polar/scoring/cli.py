@@ -1,0 +1,50 @@
+"""Command-line options shared by ``score``, ``evaluate`` and ``serve``: model, tokenizer, batching."""
+
+from __future__ import annotations
+
+import argparse
+
+from megatron_polar.scoring.scorer import PolarScorer
+
+
+def add_scorer_args(parser: argparse.ArgumentParser) -> None:
+    """Options that build a :class:`PolarScorer`."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", required=True, help="megatron_polar checkpoint (iter_* dir or its root)")
+    g.add_argument("--tokenizer", required=True, help="sentencepiece .model, tokenizer.json, or a dir")
+    g.add_argument("--split-token", default="<|reward|>", help="split token name (default: %(default)s)")
+    g.add_argument(
+        "--reward-token", default="[UNUSED_TOKEN_130]", help="reward token name (default: %(default)s)"
+    )
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    g.add_argument(
+        "--precision", default=None, choices=("fp32", "bf16", "fp16"), help="default: bf16 GPU, fp32 CPU"
+    )
+    g.add_argument(
+        "--batch-tokens", type=int, default=16384, help="token budget per micro-batch (rows x length)"
+    )
+    g.add_argument(
+        "--max-length", type=int, default=None, help="longest sequence (default: min(16384, model))"
+    )
+    g.add_argument("--normalize", default=None, metavar="CALIB_JSON", help="apply this reward normaliser")
+    g.add_argument("--log-level", default="INFO")
+
+
+def scorer_from_args(args: argparse.Namespace, max_batch_sequences: int = 64) -> PolarScorer:
+    """Build the scorer the parsed options describe."""
+    from megatron_polar.data.tokenizer import load_tokenizer
+    from megatron_polar.utils.logging import setup_logging
+
+    setup_logging(args.log_level)
+    tokenizer = load_tokenizer(args.tokenizer, split_token=args.split_token, reward_token=args.reward_token)
+    options = {"batch_tokens": args.batch_tokens, "max_batch_sequences": max_batch_sequences}
+    if args.max_length is not None:
+        options["max_length"] = args.max_length
+    return PolarScorer.from_checkpoint(
+        args.model,
+        tokenizer,
+        device=args.device,
+        precision=args.precision,
+        normalizer=args.normalize,
+        **options,
+    )

@@ -1,0 +1,362 @@
+"""Python API for scoring with a POLAR reward model.
+
+::
+
+    scorer = PolarScorer.from_checkpoint("runs/sft/checkpoints", tokenizer="tokenizer.model")
+    scorer.score(prompt, reference, ["answer A", "answer B"])          # -> [r_A, r_B]
+    scorer.score_detailed(prompt, None, cands, references=[r1, r2])    # mean/std/min/max per candidate
+
+Each (reference, candidate) pair becomes the released POLAR sequence (``assemble_sequence``); the prompt
+and the references are encoded once per request. All sequences of a call are scored together in
+length-sorted micro-batches bounded by a token budget, and results come back in the caller's order.
+With several references the reward is their mean (the paper's suggested variance reduction), and the
+spread is reported by :meth:`PolarScorer.score_detailed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from megatron_polar.data.format import assemble_sequence, prompt_text
+from megatron_polar.model.reward_model import PolarRewardModel
+from megatron_polar.scoring.collate import collate_sequences, plan_micro_batches
+from megatron_polar.scoring.normalizer import RewardNormalizer
+from megatron_polar.scoring.requests import ScoreRequest, Text, as_text, as_text_list, parse_row
+from megatron_polar.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class CandidateScore:
+    """The reward of one candidate, aggregated over the request's references.
+
+    Attributes:
+        reward: mean over references (normalised when normalisation is on).
+        per_reference: the reward against each reference, in order.
+        std, min, max: spread over references (std is 0 with one reference).
+        truncated: whether any of its sequences lost tokens to truncation.
+        num_tokens: tokens of its longest sequence.
+    """
+
+    reward: float
+    per_reference: list[float]
+    std: float
+    min: float
+    max: float
+    truncated: bool
+    num_tokens: int
+
+
+@dataclass
+class EncodedRequest:
+    """Token sequences of one request, candidate-major: sequence ``c * n_refs + r``."""
+
+    sequences: list[list[int]]
+    truncated: list[bool]
+    num_candidates: int
+    num_references: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def aggregate(encoded: EncodedRequest, rewards: Sequence[float]) -> list[CandidateScore]:
+    """Fold per-sequence rewards of ``encoded`` into one :class:`CandidateScore` per candidate."""
+    n_ref = encoded.num_references
+    out = []
+    for c in range(encoded.num_candidates):
+        lo, hi = c * n_ref, (c + 1) * n_ref
+        per_ref = [float(r) for r in rewards[lo:hi]]
+        mean = math.fsum(per_ref) / n_ref
+        std = math.sqrt(math.fsum((r - mean) ** 2 for r in per_ref) / n_ref)
+        out.append(
+            CandidateScore(
+                reward=mean,
+                per_reference=per_ref,
+                std=std,
+                min=min(per_ref),
+                max=max(per_ref),
+                truncated=any(encoded.truncated[lo:hi]),
+                num_tokens=max(len(s) for s in encoded.sequences[lo:hi]),
+            )
+        )
+    return out
+
+
+def _default_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class PolarScorer:
+    """Scores (prompt, reference(s), candidates) with one reward model in this process.
+
+    Not thread-safe for concurrent forward passes: the server gives the model to one worker thread;
+    :meth:`encode` (tokenisation only) may run on any thread.
+    """
+
+    def __init__(
+        self,
+        model: PolarRewardModel,
+        tokenizer: Any,
+        *,
+        max_length: int = 16384,
+        max_response_length: int = 4096,
+        batch_tokens: int = 16384,
+        max_batch_sequences: int = 64,
+        pad_multiple: int = 16,
+        explicit_mask: bool = True,
+        normalizer: RewardNormalizer | None = None,
+        name: str = "polar",
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.max_length = max_length
+        self.max_response_length = min(max_response_length, (max_length - 4) // 2)
+        self.batch_tokens = batch_tokens
+        self.max_batch_sequences = max_batch_sequences
+        self.pad_multiple = pad_multiple
+        self.explicit_mask = explicit_mask
+        self.normalizer = normalizer
+        self.name = name
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        tokenizer: Any,
+        device: str = "auto",
+        precision: str | None = None,
+        normalizer: RewardNormalizer | str | os.PathLike | None = None,
+        **options: Any,
+    ) -> PolarScorer:
+        """Load a megatron_polar checkpoint (any saved layout) for scoring in this process.
+
+        Args:
+            path: a checkpoint directory or a root holding ``iter_*`` directories (newest complete one).
+            tokenizer: a loaded tokenizer (``megatron_polar.data.tokenizer.PolarTokenizer``) or its path.
+            device: ``auto`` (GPU when present), ``cpu`` or ``cuda``.
+            precision: ``fp32`` | ``bf16`` | ``fp16``; default bf16 on a GPU and fp32 on the CPU.
+            normalizer: a :class:`RewardNormalizer` or the path of its JSON.
+            options: keyword arguments of :class:`PolarScorer` (``batch_tokens``, ``max_length``, ...).
+        """
+        from megatron_polar.model.builder import resolve_use_te
+        from megatron_polar.model.standalone import load_checkpoint_model
+
+        device = _default_device(device)
+        precision = precision or ("bf16" if device == "cuda" else "fp32")
+        cfg, model = load_checkpoint_model(str(path), precision=precision, device=device)
+        tok = _load_tokenizer(tokenizer)
+        _check_tokenizer(cfg, tok)
+        options.setdefault("max_length", min(16384, cfg.model.max_position_embeddings))
+        options.setdefault("explicit_mask", not resolve_use_te(cfg))
+        options.setdefault("name", str(path))
+        if normalizer is not None and not isinstance(normalizer, RewardNormalizer):
+            normalizer = RewardNormalizer.load(normalizer)
+        log.info("scorer: %s on %s (%s)", path, next(model.parameters()).device, precision)
+        return cls(model, tok, normalizer=normalizer, **options)
+
+    @classmethod
+    def from_hf(cls, directory: str | os.PathLike, **options: Any) -> PolarScorer:
+        """Load an exported Hugging Face directory (needs ``megatron_polar.checkpoint.hf_convert``)."""
+        raise NotImplementedError(
+            "PolarScorer.from_hf needs megatron_polar.checkpoint.hf_convert (the HF conversion branch), "
+            "which is not merged yet; convert the HF directory to a megatron_polar checkpoint and use "
+            "PolarScorer.from_checkpoint meanwhile"
+        )
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, request: ScoreRequest) -> EncodedRequest:
+        """Token sequences for every (candidate, reference) pair; prompt and references encoded once."""
+        tok = self.tokenizer
+        prompt_ids = tok.encode(prompt_text(request.prompt, request.wrapper))
+        ref_ids = [tok.encode(r) for r in request.references]
+        sequences, truncated = [], []
+        for cand in request.candidates:
+            cand_ids = tok.encode(cand)
+            for ref in ref_ids:
+                ids, info = assemble_sequence(
+                    prompt_ids,
+                    ref,
+                    cand_ids,
+                    bos_id=tok.bos_id,
+                    split_id=tok.split_token_id,
+                    reward_id=tok.reward_token_id,
+                    max_length=self.max_length,
+                    max_response_length=self.max_response_length,
+                )
+                sequences.append(ids)
+                truncated.append(info.truncated)
+        return EncodedRequest(sequences, truncated, len(request.candidates), len(request.references))
+
+    # ------------------------------------------------------------------ forward
+    @torch.inference_mode()
+    def forward_sequences(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """Raw rewards of token sequences (each ending with the reward token), in the given order."""
+        if not sequences:
+            return []
+        with _device_mode():
+            return self._forward_sequences(sequences)
+
+    def _forward_sequences(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        rewards = [0.0] * len(sequences)
+        lengths = [len(s) for s in sequences]
+        plan = plan_micro_batches(lengths, self.batch_tokens, self.max_batch_sequences, self.pad_multiple)
+        for idx in plan:
+            batch = collate_sequences(
+                [sequences[i] for i in idx], pad_multiple=self.pad_multiple, explicit_mask=self.explicit_mask
+            )
+            out = self.model(batch.to(self.device)).view(-1).float().cpu().tolist()
+            for i, r in zip(idx, out):
+                rewards[i] = r
+        return rewards
+
+    # ------------------------------------------------------------------ scoring
+    def _use_normalizer(self, normalize: bool | None) -> RewardNormalizer | None:
+        if normalize and self.normalizer is None:
+            raise ValueError("normalize=True but this scorer has no normaliser: call calibrate() first")
+        return self.normalizer if normalize is None or normalize else None
+
+    def finish(
+        self, encoded: EncodedRequest, raw: Sequence[float], normalize: bool | None = None
+    ) -> list[CandidateScore]:
+        """Normalise (if on) and aggregate the raw rewards of one encoded request."""
+        norm = self._use_normalizer(normalize)
+        rewards = [norm.apply(r) for r in raw] if norm else list(raw)
+        return aggregate(encoded, rewards)
+
+    def score_requests(
+        self, requests: Sequence[ScoreRequest], normalize: bool | None = None
+    ) -> list[list[CandidateScore]]:
+        """Score many requests in one length-sorted pass; one list of candidate scores per request."""
+        encoded = [self.encode(r) for r in requests]
+        flat = [s for e in encoded for s in e.sequences]
+        raw = self.forward_sequences(flat)
+        out, pos = [], 0
+        for e in encoded:
+            n = len(e.sequences)
+            out.append(self.finish(e, raw[pos : pos + n], normalize))
+            pos += n
+        return out
+
+    def score_detailed(
+        self,
+        prompt: Text,
+        reference: Text | None = None,
+        candidates: Sequence[Text] = (),
+        *,
+        references: Sequence[Text] | None = None,
+        normalize: bool | None = None,
+        wrapper: str | None = None,
+    ) -> list[CandidateScore]:
+        """One :class:`CandidateScore` per candidate (mean, spread and truncation over references).
+
+        Give ``reference`` or ``references``; texts may be strings or message lists. ``normalize``:
+        None applies the scorer's normaliser when it has one, True requires one, False returns raw.
+        """
+        if (reference is None) == (references is None):
+            raise ValueError("give exactly one of reference= or references=")
+        refs = as_text_list(list(references), "references") if references is not None else None
+        request = ScoreRequest(
+            prompt=as_text(prompt, "prompt"),
+            references=refs if refs is not None else [as_text(reference, "reference")],
+            candidates=as_text_list(list(candidates), "candidates"),
+            wrapper=wrapper,
+        )
+        return self.score_requests([request], normalize)[0]
+
+    def score(
+        self,
+        prompt: Text,
+        reference: Text | None = None,
+        candidates: Sequence[Text] = (),
+        *,
+        references: Sequence[Text] | None = None,
+        normalize: bool | None = None,
+        wrapper: str | None = None,
+    ) -> list[float]:
+        """One reward per candidate (the mean over references); see :meth:`score_detailed`."""
+        scores = self.score_detailed(
+            prompt, reference, candidates, references=references, normalize=normalize, wrapper=wrapper
+        )
+        return [s.reward for s in scores]
+
+    # ------------------------------------------------------------------ normalisation
+    def calibrate(
+        self, samples: Iterable[ScoreRequest | dict], save_to: str | os.PathLike | None = None
+    ) -> RewardNormalizer:
+        """Fit mean/std of the raw per-sequence rewards over ``samples`` and use it from now on.
+
+        ``samples`` are :class:`ScoreRequest` objects or rows as the batch CLI reads them. The fitted
+        normaliser is stored on the scorer (``normalize=None`` then applies it) and saved as JSON to
+        ``save_to`` when given.
+        """
+        requests = [s if isinstance(s, ScoreRequest) else parse_row(s) for s in samples]
+        scores = self.score_requests(requests, normalize=False)
+        raw = [r for req in scores for cand in req for r in cand.per_reference]
+        self.normalizer = RewardNormalizer.fit(raw, model=self.name)
+        if save_to is not None:
+            self.normalizer.save(save_to)
+        log.info("calibrated on %d rewards: mean %.4f std %.4f", len(raw), *self._norm_stats())
+        return self.normalizer
+
+    def _norm_stats(self) -> tuple[float, float]:
+        assert self.normalizer is not None
+        return self.normalizer.mean, self.normalizer.std
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/health`` and reports say about this scorer."""
+        return {
+            "model": self.name,
+            "device": str(self.device),
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "max_length": self.max_length,
+            "max_response_length": self.max_response_length,
+            "normalized": self.normalizer is not None,
+        }
+
+
+def _device_mode() -> contextlib.AbstractContextManager:
+    """The CPU backend's device redirection for this thread.
+
+    ``cpu_backend.enable`` enters its ``TorchFunctionMode`` on the thread that calls it, and modes are
+    thread-local, so a forward pass on another thread (the server's batching worker) must enter it too.
+    """
+    from megatron_polar.parallel import cpu_backend
+
+    if cpu_backend.is_enabled():
+        return cpu_backend._CpuDeviceMode()  # noqa: SLF001 - see the report: wants a public helper
+    return contextlib.nullcontext()
+
+
+def _load_tokenizer(tokenizer: Any) -> Any:
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from megatron_polar.data.tokenizer import load_tokenizer
+
+        return load_tokenizer(tokenizer)
+    return tokenizer
+
+
+def _check_tokenizer(cfg: Any, tok: Any) -> None:
+    """Refuse a tokenizer whose ids the model cannot embed or whose special ids disagree with it."""
+    if tok.vocab_size > cfg.model.vocab_size:
+        raise ValueError(
+            f"tokenizer has {tok.vocab_size} ids but the model embeds only {cfg.model.vocab_size}: "
+            "wrong tokenizer for this checkpoint?"
+        )
+    for what in ("reward_token_id", "split_token_id"):
+        want = getattr(cfg.model, what)
+        if want is not None and want != getattr(tok, what):
+            raise ValueError(
+                f"the checkpoint was trained with {what}={want} but the tokenizer gives "
+                f"{getattr(tok, what)}: pass the matching tokenizer or token names"
+            )

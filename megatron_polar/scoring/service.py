@@ -1,0 +1,164 @@
+"""The reward service behind the HTTP server: request validation, encoding, batching, responses.
+
+Kept free of HTTP so that the protocols can be tested and reused directly. Two protocols:
+
+* native ``/score``: ``{"prompt", "reference" | "references", "candidates", "wrapper"?, "detail"?}`` ->
+  ``{"rewards": [...], "truncated": [...]}`` (plus per-candidate spread with ``"detail": true``);
+* OpenRLHF's remote reward model ``/get_reward``: ``{"query": [str], "prompts": [str], "labels": [...]}``
+  -> ``{"rewards", "scores", "extra_logs"}``. ``query[i]`` is the prompt followed by the response, so the
+  response is ``query[i][len(prompts[i]):]``; ``labels[i]`` is the reference (a string, or a list of
+  strings for several references).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from megatron_polar.scoring.batcher import BatcherClosed, DynamicBatcher
+from megatron_polar.scoring.requests import RequestError, ScoreRequest, as_text, parse_score_request
+from megatron_polar.scoring.scorer import CandidateScore, EncodedRequest, PolarScorer
+
+MISMATCH_POLICIES = ("error", "whole-query")
+
+
+class RewardService:
+    """Validates requests, encodes them on the caller's thread and scores them through the batcher.
+
+    Args:
+        scorer: owns the model and tokenizer; only the batcher's worker runs its forward pass.
+        batcher: the dynamic batcher wrapping ``scorer.forward_sequences``.
+        on_prompt_mismatch: what ``/get_reward`` does with a query that does not start with its prompt:
+            ``error`` (400 naming the index) or ``whole-query`` (score the whole query as the response).
+        request_timeout_s: how long a request waits for its rewards before a 503.
+    """
+
+    def __init__(
+        self,
+        scorer: PolarScorer,
+        batcher: DynamicBatcher,
+        on_prompt_mismatch: str = "error",
+        request_timeout_s: float = 300.0,
+    ) -> None:
+        if on_prompt_mismatch not in MISMATCH_POLICIES:
+            raise ValueError(f"on_prompt_mismatch must be one of {MISMATCH_POLICIES}")
+        self.scorer = scorer
+        self.batcher = batcher
+        self.on_prompt_mismatch = on_prompt_mismatch
+        self.request_timeout_s = request_timeout_s
+        self.requests_served = 0
+        self._lock = threading.Lock()
+
+    def _submit(self, requests: list[ScoreRequest]) -> tuple[list[EncodedRequest], Future]:
+        encoded = [self.scorer.encode(r) for r in requests]
+        try:
+            future = self.batcher.submit([s for e in encoded for s in e.sequences])
+        except BatcherClosed as exc:
+            raise RequestError("the server is shutting down", status=503) from exc
+        return encoded, future
+
+    def _finish(self, encoded: list[EncodedRequest], future: Future) -> list[list[CandidateScore]]:
+        try:
+            raw = future.result(timeout=self.request_timeout_s)
+        except FutureTimeout as exc:
+            raise RequestError(
+                f"no result within {self.request_timeout_s:.0f}s; server overloaded", 503
+            ) from exc
+        out, pos = [], 0
+        for e in encoded:
+            out.append(self.scorer.finish(e, raw[pos : pos + len(e.sequences)]))
+            pos += len(e.sequences)
+        with self._lock:
+            self.requests_served += 1
+        return out
+
+    def score(self, body: Any) -> dict:
+        """The native ``/score`` endpoint."""
+        with self.batcher.incoming():  # parse and encode, then queue: the batcher may wait for us
+            request = parse_score_request(body)
+            detail = body.get("detail", False)
+            if not isinstance(detail, bool):
+                raise RequestError(f"'detail' must be a boolean, got {type(detail).__name__}")
+            pending = self._submit([request])
+        [scores] = self._finish(*pending)
+        response: dict[str, Any] = {
+            "rewards": [s.reward for s in scores],
+            "truncated": [s.truncated for s in scores],
+        }
+        if detail:
+            response["detail"] = [
+                {
+                    "per_reference": s.per_reference,
+                    "std": s.std,
+                    "min": s.min,
+                    "max": s.max,
+                    "tokens": s.num_tokens,
+                }
+                for s in scores
+            ]
+        return response
+
+    def get_reward(self, body: Any) -> dict:
+        """OpenRLHF's ``/get_reward``: one reward per query."""
+        with self.batcher.incoming():
+            requests = self._parse_get_reward(body)
+            pending = self._submit(requests)
+        scores = self._finish(*pending)
+        rewards = [s[0].reward for s in scores]
+        truncated = [float(s[0].truncated) for s in scores]  # per query, so trainers can average it
+        return {"rewards": rewards, "scores": rewards, "extra_logs": {"truncated": truncated}}
+
+    def _parse_get_reward(self, body: Any) -> list[ScoreRequest]:
+        if not isinstance(body, dict):
+            raise RequestError(f"request must be a JSON object, got {type(body).__name__}")
+        lists = {}
+        for key in ("query", "prompts", "labels"):
+            if key not in body:
+                raise RequestError(f"missing field '{key}'")
+            value = body[key]
+            if not isinstance(value, list):
+                raise RequestError(f"'{key}' must be a list, got {type(value).__name__}")
+            if not value:
+                raise RequestError(f"'{key}' must not be empty")
+            lists[key] = value
+        n = len(lists["query"])
+        for key in ("prompts", "labels"):
+            if len(lists[key]) != n:
+                raise RequestError(f"'{key}' has {len(lists[key])} items but 'query' has {n}")
+        return [self._openrlhf_request(i, q, p, lab) for i, (q, p, lab) in enumerate(zip(*lists.values()))]
+
+    def _openrlhf_request(self, i: int, query: Any, prompt: Any, label: Any) -> ScoreRequest:
+        if not isinstance(query, str):
+            raise RequestError(f"'query[{i}]' must be a string, got {type(query).__name__}")
+        if not isinstance(prompt, str):
+            raise RequestError(f"'prompts[{i}]' must be a string, got {type(prompt).__name__}")
+        if query.startswith(prompt):
+            response = query[len(prompt) :]
+        elif self.on_prompt_mismatch == "whole-query":
+            response = query
+        else:
+            raise RequestError(
+                f"'query[{i}]' does not start with 'prompts[{i}]': the query must be the prompt followed "
+                "by the response (start the server with --on-prompt-mismatch whole-query to score the "
+                "whole query as the response instead)"
+            )
+        if isinstance(label, list) and label and all(isinstance(x, str) for x in label):
+            references = list(label)  # several references for this prompt
+        else:
+            references = [as_text(label, f"labels[{i}]")]
+        return ScoreRequest(prompt=prompt, references=references, candidates=[response])
+
+    def health(self) -> dict:
+        """``GET /health``."""
+        return {
+            "status": "ok",
+            **self.scorer.describe(),
+            "max_batch": self.batcher.max_batch,
+            "max_wait_ms": self.batcher.max_wait_s * 1000.0,
+            "pending_sequences": self.batcher.pending,
+            "batches": self.batcher.batches,
+            "sequences": self.batcher.sequences,
+            "requests": self.requests_served,
+        }

@@ -1,0 +1,49 @@
+"""Serve a POLAR reward model over HTTP (OpenRLHF ``/get_reward``, native ``/score``, ``/health``).
+
+python -m megatron_polar.serve --model CKPT --tokenizer TOK --port 8000 [--max-batch 64] [--max-wait-ms 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from megatron_polar.scoring.cli import add_scorer_args, scorer_from_args
+from megatron_polar.scoring.server import DEFAULT_MAX_BODY_BYTES, build_server, serve_until_signal
+from megatron_polar.scoring.service import MISMATCH_POLICIES
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m megatron_polar.serve", description=__doc__.split("\n")[0])
+    add_scorer_args(p)
+    s = p.add_argument_group("server")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
+    s.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one")
+    s.add_argument("--max-batch", type=int, default=64, help="sequences per dynamic batch")
+    s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    s.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger bodies get 413")
+    s.add_argument(
+        "--on-prompt-mismatch", default="error", choices=MISMATCH_POLICIES, help="/get_reward policy"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    scorer = scorer_from_args(args, max_batch_sequences=args.max_batch)
+    server = build_server(
+        scorer,
+        args.host,
+        args.port,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_body_bytes=args.max_body_bytes,
+        on_prompt_mismatch=args.on_prompt_mismatch,
+    )
+    print(f"listening on {server.url}", flush=True)  # machine-readable line for launchers and tests
+    serve_until_signal(server)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
