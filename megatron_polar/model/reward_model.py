@@ -130,6 +130,9 @@ class PolarRewardModel(MegatronModule):
         freqs = self.rotary_pos_emb(seq_length)  # [s, 1, 1, d] for positions 0..s-1
         if batch.packed_seq_params is not None:
             return freqs  # TE applies it per sequence from cu_seqlens
+        pos = batch.position_ids
+        if torch.equal(pos, torch.arange(seq_length, device=pos.device).expand_as(pos)):
+            return freqs  # one sequence per row: the shared table applies as is
         # Position ids restart at every packed sequence: pick each token's own frequencies.
         pos_sb = batch.position_ids.transpose(0, 1)
         return freqs[:, 0, 0][pos_sb].unsqueeze(2)  # [s, b, 1, d]

@@ -11,6 +11,7 @@ GPU is present. Nothing here changes the numerics; it only moves the device.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -76,6 +77,20 @@ def _cpu_rng_set(state: torch.Tensor, *_args, **_kwargs) -> None:
 
 def _cpu_manual_seed(seed: int) -> None:
     torch.default_generator.manual_seed(int(seed))
+
+
+@contextlib.contextmanager
+def device_mode():
+    """Apply the device redirection in the calling thread (torch function modes are per thread).
+
+    :func:`enable` covers the thread that called it; a worker thread that runs the model (a server's
+    batcher, say) wraps its work in this. A no-op when the backend is off, so GPU code can use it too.
+    """
+    if not _enabled:
+        yield
+        return
+    with _CpuDeviceMode():
+        yield
 
 
 def is_enabled() -> bool:

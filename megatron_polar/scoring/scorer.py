@@ -15,7 +15,6 @@ spread is reported by :meth:`PolarScorer.score_detailed`.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -26,6 +25,7 @@ import torch
 
 from megatron_polar.data.format import assemble_sequence, prompt_text
 from megatron_polar.model.reward_model import PolarRewardModel
+from megatron_polar.parallel import cpu_backend
 from megatron_polar.scoring.collate import collate_sequences, plan_micro_batches
 from megatron_polar.scoring.normalizer import RewardNormalizer
 from megatron_polar.scoring.requests import ScoreRequest, Text, as_text, as_text_list, parse_row
@@ -204,7 +204,7 @@ class PolarScorer:
         """Raw rewards of token sequences (each ending with the reward token), in the given order."""
         if not sequences:
             return []
-        with _device_mode():
+        with cpu_backend.device_mode():  # modes are per thread: the server's worker needs it too
             return self._forward_sequences(sequences)
 
     def _forward_sequences(self, sequences: Sequence[Sequence[int]]) -> list[float]:
@@ -323,19 +323,6 @@ class PolarScorer:
             "max_response_length": self.max_response_length,
             "normalized": self.normalizer is not None,
         }
-
-
-def _device_mode() -> contextlib.AbstractContextManager:
-    """The CPU backend's device redirection for this thread.
-
-    ``cpu_backend.enable`` enters its ``TorchFunctionMode`` on the thread that calls it, and modes are
-    thread-local, so a forward pass on another thread (the server's batching worker) must enter it too.
-    """
-    from megatron_polar.parallel import cpu_backend
-
-    if cpu_backend.is_enabled():
-        return cpu_backend._CpuDeviceMode()  # noqa: SLF001 - see the report: wants a public helper
-    return contextlib.nullcontext()
 
 
 def _load_tokenizer(tokenizer: Any) -> Any:
