@@ -35,5 +35,8 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+bench: $(STAMP) ## Run the benchmarks (build, train packed/padded, serve); prints same-run ratios
+	$(PY) benchmarks/run_all.py
+
 clean: ## Remove the virtualenv, caches and run outputs
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs demo_out *.egg-info

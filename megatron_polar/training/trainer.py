@@ -13,7 +13,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from megatron_polar.checkpoint import manager
-from megatron_polar.config import to_yaml
+from megatron_polar.config import from_yaml, to_yaml
 from megatron_polar.config.hparams import require_law_inputs, scaling_law_batch_size, scaling_law_lr
 from megatron_polar.config.loader import ConfigError
 from megatron_polar.config.schema import PolarConfig
@@ -172,16 +172,40 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
 
     # ----------------------------------------------------------------------------------------- state
+    _SHAPE_KEYS = (
+        "num_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "num_query_groups",
+        "ffn_hidden_size",
+        "vocab_size",
+        "rotary_base",
+        "norm_epsilon",
+    )
+
+    def _check_same_model(self, path) -> None:
+        """Refuse weights of another shape *or* another RoPE/norm setting (those load but compute garbage)."""
+        saved = from_yaml(manager.read_config_yaml(path)).model
+        diff = [
+            f"model.{k}: checkpoint {getattr(saved, k)} vs config {getattr(self.cfg.model, k)}"
+            for k in self._SHAPE_KEYS
+            if getattr(saved, k) != getattr(self.cfg.model, k)
+        ]
+        if diff:
+            raise ConfigError(f"checkpoint {path} does not match the model config: " + "; ".join(diff))
+
     def _restore(self) -> int:
         ck = self.cfg.checkpoint
         latest = manager.latest_complete(self.ckpt_dir) if ck.resume else None
         if latest is not None:
+            self._check_same_model(latest)
             state = manager.load(latest, self.model, self.optimizer if ck.save_optimizer else None)
             if "scheduler" in state:
                 self.scheduler.load_state_dict(state["scheduler"])
             log.info("resumed from %s at step %d", latest, state["step"])
             return int(state["step"])
         if ck.pretrained:
+            self._check_same_model(manager.resolve(ck.pretrained))
             manager.load(ck.pretrained, self.model)  # weights only: fresh optimizer and schedule
             self.optimizer.reload_model_params()
             log.info("initialised weights from %s", ck.pretrained)
@@ -221,6 +245,7 @@ class Trainer:
         self.optimizer.zero_grad()
         t0 = time.perf_counter()
         result = forward_backward(self.model, batches, self.topo.device)
+        lr = current_lr(self.optimizer)  # the rate this step's update uses
         applied, grad_norm = guarded_step(self.optimizer, self.cfg.optim.clip_grad, result.finite)
         if applied:
             self.scheduler.step(increment=1)
@@ -229,7 +254,7 @@ class Trainer:
         flops = model_flops(self.cfg.model, int(tokens), int(sq))
         return {
             **result.metrics,
-            "lr": current_lr(self.optimizer),
+            "lr": lr,
             "grad_norm": grad_norm,
             "pairs": result.pairs,
             "skipped": int(not applied),

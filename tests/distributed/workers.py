@@ -15,9 +15,11 @@ from megatron_polar.training.setup import wrap_ddp
 
 def random_pairs(n: int, vocab: int, lo: int, hi: int, seed: int) -> list[tuple[list[int], list[int]]]:
     g = torch.Generator().manual_seed(seed)
-    seq = lambda: torch.randint(
-        0, vocab, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g
-    ).tolist()  # noqa: E731
+
+    def seq() -> list[int]:
+        n = int(torch.randint(lo, hi, (1,), generator=g))
+        return torch.randint(0, vocab, (n,), generator=g).tolist()
+
     return [(seq(), seq()) for _ in range(n)]
 
 

@@ -74,3 +74,22 @@ def train_cli(overrides: list[str], nproc: int = 1, **popen) -> subprocess.Popen
     return subprocess.Popen(
         cmd, env=cli_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
     )
+
+
+def train_worker_with_nan(overrides: list[str], nan_step: int) -> dict:
+    """Like :func:`train_worker`, but the loss of every micro-batch of step ``nan_step`` is NaN."""
+    from megatron_polar.training import forward_step
+
+    real, calls = forward_step.pair_loss, {"n": 0}
+
+    def poisoned(rewards, valid=None):
+        calls["n"] += 1
+        if calls["n"] in range((nan_step - 1) * 4 + 1, nan_step * 4 + 1):  # 4 micro-batches per step
+            rewards = rewards * float("nan")
+        return real(rewards, valid)
+
+    forward_step.pair_loss = poisoned
+    try:
+        return train_worker(overrides)
+    except FloatingPointError as exc:
+        return {"error": str(exc)}

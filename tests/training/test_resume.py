@@ -53,7 +53,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(task, tmp_path):
     stopped = manager.read_train_state(broken / "checkpoints")["step"]
     assert STEPS // 2 <= stopped < STEPS, "the run must stop early on SIGTERM, with a checkpoint"
     out = _finish(train_cli(base_overrides(task, broken, STEPS, extra)))
-    assert f"resumed from" in out
+    assert "resumed from" in out
 
     want = [(r["step"], r["loss"], r["grad_norm"], r["lr"]) for r in read_metrics(straight)]
     got = [(r["step"], r["loss"], r["grad_norm"], r["lr"]) for r in read_metrics(broken)]
@@ -146,3 +146,20 @@ def test_corrupt_checkpoint_fails_with_its_path(task, tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "iter_0000003" in out
+
+
+def test_pretrained_checkpoint_of_another_model_is_refused(task, tmp_path):
+    """RoPE base or norm epsilon load without a shape error but compute something else: refuse them."""
+    run_dir = tmp_path / "pre"
+    _finish(train_cli(base_overrides(task, run_dir, 1, [])))
+    proc = train_cli(
+        base_overrides(
+            task,
+            tmp_path / "sft",
+            1,
+            [f"checkpoint.pretrained={run_dir / 'checkpoints'}", "model.rotary_base=500000"],
+        )
+    )
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "model.rotary_base: checkpoint 10000.0 vs config 500000.0" in out

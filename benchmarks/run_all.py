@@ -1,0 +1,78 @@
+"""``make bench``: every benchmark, each printing ratios against a baseline measured in the same run.
+
+* bench_build: ``data_tools build`` tokens/s with 1 and 2 workers over the raw single-core encode rate.
+* bench_train: training real tokens/s, packed rows over padded rows, same data.
+* bench_serve: reward-server throughput, dynamic batching over one-at-a-time, 8 clients x 2,000 requests.
+
+Writes the figures to ``benchmarks/results.json`` (ignored by git) and a summary table to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _summary(results: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    b = results.get("bench_build", {})
+    for workers, target in ((1, 0.8), (2, 1.6)):
+        if f"workers_{workers}" in b:
+            ratio = b[f"workers_{workers}"]["ratio_vs_raw"]
+            rows.append(
+                (f"build tokens/s, {workers} worker(s) / raw encode", f"{ratio:.2f}x", f">= {target}x")
+            )
+    if "memory" in b:
+        m = b["memory"]
+        rows.append(
+            (
+                f"build worker peak RSS MB, {m['small']['rows']} vs {m['large']['rows']} rows",
+                f"{m['small']['worker_peak_rss_mb']:.0f} / {m['large']['worker_peak_rss_mb']:.0f}",
+                "flat",
+            )
+        )
+    t = results.get("bench_train", {})
+    if "packed_over_padded" in t:
+        rows.append(("train real tokens/s, packed / padded", f"{t['packed_over_padded']:.2f}x", "(recorded)"))
+    s = results.get("bench_serve", {})
+    if "batched_over_one_at_a_time" in s:
+        failed = s["batched"]["failed"] + s["one_at_a_time"]["failed"]
+        rows.append(
+            ("serve req/s, batched / one at a time", f"{s['batched_over_one_at_a_time']:.2f}x", ">= 3x")
+        )
+        rows.append(("serve failed requests", str(failed), "0"))
+        rows.append(
+            (
+                "serve batched p50 / p99 latency (ms)",
+                f"{s['batched']['p50_ms']} / {s['batched']['p99_ms']}",
+                "",
+            )
+        )
+    return rows
+
+
+def main() -> int:
+    from benchmarks import bench_build, bench_serve, bench_train
+
+    results, t0 = {}, time.monotonic()
+    for name, module in (
+        ("bench_build", bench_build),
+        ("bench_train", bench_train),
+        ("bench_serve", bench_serve),
+    ):
+        print(f"== {name}", flush=True)
+        results[name] = module.main()
+    (ROOT / "benchmarks" / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"\n== summary ({time.monotonic() - t0:.0f}s, full figures in benchmarks/results.json)")
+    for label, value, target in _summary(results):
+        print(f"  {label:<44} {value:>12}   {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Transformer Engine paths that only a GPU can run: THD packing and FP8. Skipped without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.distributed.launcher import run_distributed
+from tests.gpu.workers import te_packed_vs_padded
+
+pytestmark = pytest.mark.gpu
+
+
+def test_thd_packed_rows_match_padded_rows_bf16():
+    [out] = run_distributed(te_packed_vs_padded, 1, ["train.precision=bf16"])
+    torch.testing.assert_close(out["packed"]["rewards"], out["padded"]["rewards"], atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(out["packed"]["head_grad"], out["padded"]["head_grad"], atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("recipe", ["delayed", "tensorwise"])
+def test_fp8_forward_backward_tracks_bf16(recipe):
+    [bf16] = run_distributed(te_packed_vs_padded, 1, ["train.precision=bf16"])
+    [fp8] = run_distributed(
+        te_packed_vs_padded, 1, ["train.precision=bf16", "model.fp8=hybrid", f"model.fp8_recipe={recipe}"]
+    )
+    for layout in ("padded", "packed"):
+        got, want = fp8[layout]["rewards"], bf16[layout]["rewards"]
+        assert torch.isfinite(got).all()
+        cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)
+        assert cos > 0.98, (layout, float(cos))
