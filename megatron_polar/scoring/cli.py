@@ -34,6 +34,9 @@ def add_scorer_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-length", type=int, default=None, help="longest sequence (default: min(16384, model))"
     )
+    g.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
+    )
     g.add_argument("--normalize", default=None, metavar="CALIB_JSON", help="apply this reward normaliser")
     g.add_argument("--log-level", default="INFO")
 
@@ -44,6 +47,10 @@ def scorer_from_args(args: argparse.Namespace, max_batch_sequences: int = 64) ->
     from megatron_polar.utils.logging import setup_logging
 
     setup_logging(args.log_level)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     tokenizer = None
     if args.tokenizer is not None:
         tokenizer = load_tokenizer(

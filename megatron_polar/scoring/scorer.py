@@ -113,7 +113,8 @@ class PolarScorer:
         max_response_length: int = 4096,
         batch_tokens: int = 16384,
         max_batch_sequences: int = 64,
-        pad_multiple: int = 16,
+        pad_multiple: int | None = None,
+        batch_overhead_tokens: int = 256,
         explicit_mask: bool = True,
         normalizer: RewardNormalizer | None = None,
         name: str = "polar",
@@ -125,7 +126,9 @@ class PolarScorer:
         self.max_response_length = min(max_response_length, (max_length - 4) // 2)
         self.batch_tokens = batch_tokens
         self.max_batch_sequences = max_batch_sequences
-        self.pad_multiple = pad_multiple
+        # Rounding lengths up only helps GPU kernels; on the CPU every padded token is wasted compute.
+        self.pad_multiple = pad_multiple or (16 if self.device.type == "cuda" else 1)
+        self.batch_overhead_tokens = batch_overhead_tokens
         self.explicit_mask = explicit_mask
         self.normalizer = normalizer
         self.name = name
@@ -254,7 +257,13 @@ class PolarScorer:
     def _forward_sequences(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         rewards = [0.0] * len(sequences)
         lengths = [len(s) for s in sequences]
-        plan = plan_micro_batches(lengths, self.batch_tokens, self.max_batch_sequences, self.pad_multiple)
+        plan = plan_micro_batches(
+            lengths,
+            self.batch_tokens,
+            self.max_batch_sequences,
+            self.pad_multiple,
+            self.batch_overhead_tokens,
+        )
         for idx in plan:
             batch = collate_sequences(
                 [sequences[i] for i in idx], pad_multiple=self.pad_multiple, explicit_mask=self.explicit_mask
