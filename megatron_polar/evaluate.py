@@ -1,6 +1,6 @@
 """Preference accuracy of a POLAR reward model on ranked responses (the paper's protocol).
 
-    python -m megatron_polar.evaluate --model CKPT --tokenizer TOK --input ranked.jsonl [--output report.json]
+    python -m megatron_polar.evaluate --model CKPT|HF_DIR [--tokenizer TOK] --input ranked.jsonl [--output report.json]
 
 Rows: ``{"prompt", "responses": [best, ..., worst], "category"?}`` with at least 3 responses; the best is
 the reference and a row counts as correct when the 2nd response scores above the 3rd.

@@ -1,6 +1,6 @@
 """Score a JSONL file with a POLAR reward model.
 
-    python -m megatron_polar.score --model CKPT --tokenizer TOK --input triples.jsonl --output scored.jsonl \
+    python -m megatron_polar.score --model CKPT|HF_DIR [--tokenizer TOK] --input triples.jsonl --output scored.jsonl \
         [--batch-tokens N] [--normalize calib.json] [--skip-bad] [--resume]
     python -m megatron_polar.score --model CKPT --tokenizer TOK --calibrate calib.jsonl --save-normalizer calib.json
 """

@@ -1,6 +1,6 @@
 """Serve a POLAR reward model over HTTP (OpenRLHF ``/get_reward``, native ``/score``, ``/health``).
 
-python -m megatron_polar.serve --model CKPT --tokenizer TOK --port 8000 [--max-batch 64] [--max-wait-ms 5]
+python -m megatron_polar.serve --model CKPT|HF_DIR [--tokenizer TOK] --port 8000 [--max-batch 64] [--max-wait-ms 5]
 """
 
 from __future__ import annotations

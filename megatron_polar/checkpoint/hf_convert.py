@@ -55,7 +55,14 @@ from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["ConversionError", "export_hf", "import_hf", "model_config_from_hf", "model_overrides"]
+__all__ = [
+    "ConversionError",
+    "export_hf",
+    "import_hf",
+    "load_hf_model",
+    "model_config_from_hf",
+    "model_overrides",
+]
 
 SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM",
@@ -196,26 +203,13 @@ def _source_vocab(hf_dir: Path, tokenizer: str | Path | None) -> TokenVocab | No
     return None
 
 
-@torch.no_grad()
-def import_hf(
-    hf_dir: str | Path,
-    output: str | Path,
-    *,
+def _open_hf(
+    hf_dir: Path,
     reward_token: str | int | None = None,
     split_token: str | int | None = None,
     tokenizer: str | Path | None = None,
-    head_init: str = "zeros",
-    dtype: str = "auto",
-    seed: int = 1234,
-    overwrite: bool = False,
-    device: str = "cpu",
-) -> Path:
-    """Write the HF checkpoint ``hf_dir`` as a megatron_polar checkpoint under ``output``; return its path."""
-    from megatron_polar.model.standalone import build_single, single_process_config
-
-    hf_dir, output = Path(hf_dir), Path(output)
-    if head_init not in ("zeros", "normal"):
-        raise ConversionError(f"--head-init {head_init!r} is not one of zeros, normal")
+) -> tuple[dict, SafetensorsReader, HFLayout, ModelConfig]:
+    """Read and check an HF directory: (config.json, tensor reader, weight layout, model config)."""
     hf = read_json(hf_dir / "config.json")
     reader = SafetensorsReader(hf_dir)
     layout = detect_layout(reader.names())
@@ -236,20 +230,24 @@ def import_hf(
         reward_id if reward_id is not None else hf.get("reward_token_id"),
         split_id if split_id is not None else hf.get("split_token_id"),
     )
-    shape = TrunkShape.of(model_cfg)
-    _check_tensor_names(reader, layout, shape)
-    if manager.latest_complete(output) is not None and not overwrite:
-        raise ConversionError(f"{output} already holds a checkpoint; pass --overwrite to replace it")
+    _check_tensor_names(reader, layout, TrunkShape.of(model_cfg))
+    return hf, reader, layout, model_cfg
+
+
+def _hf_precision(hf: dict, dtype: str) -> str:
     precision = (
         _PRECISION_OF.get(str(hf.get("torch_dtype") or hf.get("dtype")), "fp32") if dtype == "auto" else dtype
     )
     if precision not in _TORCH_DTYPE:
         raise ConversionError(f"--dtype {dtype!r} is not one of auto, bf16, fp16, fp32")
-    cfg = PolarConfig(model=model_cfg, train=TrainConfig(precision=precision, seed=seed))
-    cfg = single_process_config(cfg)
-    cfg = replace(cfg, parallel=replace(cfg.parallel, backend="gloo" if device == "cpu" else "auto"))
+    return precision
 
-    model = build_single(cfg, device)
+
+@torch.no_grad()
+def _copy_hf_weights(
+    model, reader: SafetensorsReader, layout: HFLayout, shape: TrunkShape, head_init: str, seed: int
+) -> str | None:
+    """Fill ``model`` (a full single-process model) from ``reader``; return the reward head's HF name."""
     params = dict(model.named_parameters())
     for name, build in layout.to_mcore(shape, reader.get):
         param = params[resolve_mcore_name(name, params)]
@@ -263,6 +261,46 @@ def import_hf(
         model.reward_head.weight.copy_(torch.randn(1, shape.hidden_size, generator=gen) * std)
     else:
         model.reward_head.weight.zero_()
+    return head
+
+
+def _single_process_cfg(model_cfg: ModelConfig, precision: str, seed: int, device: str) -> PolarConfig:
+    from megatron_polar.model.standalone import single_process_config
+
+    cfg = PolarConfig(model=model_cfg, train=TrainConfig(precision=precision, seed=seed))
+    cfg = single_process_config(cfg)
+    return replace(cfg, parallel=replace(cfg.parallel, backend="gloo" if device == "cpu" else "auto"))
+
+
+@torch.no_grad()
+def import_hf(
+    hf_dir: str | Path,
+    output: str | Path,
+    *,
+    reward_token: str | int | None = None,
+    split_token: str | int | None = None,
+    tokenizer: str | Path | None = None,
+    head_init: str = "zeros",
+    dtype: str = "auto",
+    seed: int = 1234,
+    overwrite: bool = False,
+    device: str = "cpu",
+) -> Path:
+    """Write the HF checkpoint ``hf_dir`` as a megatron_polar checkpoint under ``output``; return its path."""
+    from megatron_polar.model.standalone import build_single
+
+    hf_dir, output = Path(hf_dir), Path(output)
+    if head_init not in ("zeros", "normal"):
+        raise ConversionError(f"--head-init {head_init!r} is not one of zeros, normal")
+    hf, reader, layout, model_cfg = _open_hf(hf_dir, reward_token, split_token, tokenizer)
+    shape = TrunkShape.of(model_cfg)
+    if manager.latest_complete(output) is not None and not overwrite:
+        raise ConversionError(f"{output} already holds a checkpoint; pass --overwrite to replace it")
+    precision = _hf_precision(hf, dtype)
+    cfg = _single_process_cfg(model_cfg, precision, seed, device)
+
+    model = build_single(cfg, device)
+    head = _copy_hf_weights(model, reader, layout, shape, head_init, seed)
     log.info(
         "imported %s (%s layout, %s) with %s reward head",
         hf_dir,
@@ -272,6 +310,33 @@ def import_hf(
     )
     source = {"source": str(hf_dir.resolve()), "layout": layout.name, "head": head or head_init}
     return manager.save(output, 0, [model], train_state={"import": source}, config_yaml=to_yaml(cfg))
+
+
+@torch.no_grad()
+def load_hf_model(
+    hf_dir: str | Path, *, precision: str = "auto", device: str = "cpu", require_head: bool = True
+) -> tuple[PolarConfig, torch.nn.Module, str]:
+    """Build the reward model of an HF directory in this process, without writing a checkpoint.
+
+    The same checks and tensor mapping as :func:`import_hf` (either layout); the special token ids come
+    from ``config.json``. Returns ``(config, model in eval mode, layout name)``. ``require_head`` refuses
+    a directory without a reward head (``score.weight`` / ``v_head.weight``), whose rewards would all be 0.
+    """
+    from megatron_polar.model.standalone import build_single
+
+    hf_dir = Path(hf_dir)
+    hf, reader, layout, model_cfg = _open_hf(hf_dir)
+    shape = TrunkShape.of(model_cfg)
+    if require_head and not any(h in reader.names() for h in layout.head_names):
+        raise ConversionError(
+            f"{hf_dir} has no reward head ({' or '.join(layout.head_names)}): it is a base model, not a "
+            "reward model; import it with import-hf and train it first"
+        )
+    cfg = _single_process_cfg(model_cfg, _hf_precision(hf, precision), 1234, device)
+    model = build_single(cfg, device)
+    _copy_hf_weights(model, reader, layout, shape, "zeros", 1234)
+    log.info("loaded %s (%s layout, %s) in memory", hf_dir, layout.name, cfg.train.precision)
+    return cfg, model.eval(), layout.name
 
 
 def _pad_token_id(explicit: int | None, vocab: TokenVocab | None, reward_id: int | None) -> int:

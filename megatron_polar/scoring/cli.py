@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import argparse
 
-from megatron_polar.scoring.scorer import PolarScorer
+from megatron_polar.scoring.scorer import PolarScorer, is_hf_directory
 
 
 def add_scorer_args(parser: argparse.ArgumentParser) -> None:
     """Options that build a :class:`PolarScorer`."""
     g = parser.add_argument_group("model")
-    g.add_argument("--model", required=True, help="megatron_polar checkpoint (iter_* dir or its root)")
-    g.add_argument("--tokenizer", required=True, help="sentencepiece .model, tokenizer.json, or a dir")
+    g.add_argument(
+        "--model",
+        required=True,
+        help="megatron_polar checkpoint (iter_* dir or its root) or an exported HF directory (detected)",
+    )
+    g.add_argument(
+        "--tokenizer",
+        default=None,
+        help="sentencepiece .model, tokenizer.json, or a dir (default for an HF directory: its own)",
+    )
     g.add_argument("--split-token", default="<|reward|>", help="split token name (default: %(default)s)")
     g.add_argument(
         "--reward-token", default="[UNUSED_TOKEN_130]", help="reward token name (default: %(default)s)"
@@ -26,6 +34,9 @@ def add_scorer_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-length", type=int, default=None, help="longest sequence (default: min(16384, model))"
     )
+    g.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
+    )
     g.add_argument("--normalize", default=None, metavar="CALIB_JSON", help="apply this reward normaliser")
     g.add_argument("--log-level", default="INFO")
 
@@ -36,11 +47,21 @@ def scorer_from_args(args: argparse.Namespace, max_batch_sequences: int = 64) ->
     from megatron_polar.utils.logging import setup_logging
 
     setup_logging(args.log_level)
-    tokenizer = load_tokenizer(args.tokenizer, split_token=args.split_token, reward_token=args.reward_token)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    tokenizer = None
+    if args.tokenizer is not None:
+        tokenizer = load_tokenizer(
+            args.tokenizer, split_token=args.split_token, reward_token=args.reward_token
+        )
+    elif not is_hf_directory(args.model):
+        raise SystemExit(f"error: --tokenizer is required: {args.model} is not an HF directory")
     options = {"batch_tokens": args.batch_tokens, "max_batch_sequences": max_batch_sequences}
     if args.max_length is not None:
         options["max_length"] = args.max_length
-    return PolarScorer.from_checkpoint(
+    return PolarScorer.load(
         args.model,
         tokenizer,
         device=args.device,

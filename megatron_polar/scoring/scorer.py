@@ -15,10 +15,12 @@ spread is reported by :meth:`PolarScorer.score_detailed`.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -111,7 +113,8 @@ class PolarScorer:
         max_response_length: int = 4096,
         batch_tokens: int = 16384,
         max_batch_sequences: int = 64,
-        pad_multiple: int = 16,
+        pad_multiple: int | None = None,
+        batch_overhead_tokens: int = 256,
         explicit_mask: bool = True,
         normalizer: RewardNormalizer | None = None,
         name: str = "polar",
@@ -123,7 +126,9 @@ class PolarScorer:
         self.max_response_length = min(max_response_length, (max_length - 4) // 2)
         self.batch_tokens = batch_tokens
         self.max_batch_sequences = max_batch_sequences
-        self.pad_multiple = pad_multiple
+        # Rounding lengths up only helps GPU kernels; on the CPU every padded token is wasted compute.
+        self.pad_multiple = pad_multiple or (16 if self.device.type == "cuda" else 1)
+        self.batch_overhead_tokens = batch_overhead_tokens
         self.explicit_mask = explicit_mask
         self.normalizer = normalizer
         self.name = name
@@ -149,7 +154,6 @@ class PolarScorer:
             normalizer: a :class:`RewardNormalizer` or the path of its JSON.
             options: keyword arguments of :class:`PolarScorer` (``batch_tokens``, ``max_length``, ...).
         """
-        from megatron_polar.model.builder import resolve_use_te
         from megatron_polar.model.standalone import load_checkpoint_model
 
         device = _default_device(device)
@@ -157,22 +161,65 @@ class PolarScorer:
         cfg, model = load_checkpoint_model(str(path), precision=precision, device=device)
         tok = _load_tokenizer(tokenizer)
         _check_tokenizer(cfg, tok)
+        return cls._finish_load(cfg, model, tok, path, normalizer, options, "checkpoint")
+
+    @classmethod
+    def from_hf(
+        cls,
+        directory: str | os.PathLike,
+        tokenizer: Any = None,
+        device: str = "auto",
+        precision: str | None = None,
+        normalizer: RewardNormalizer | str | os.PathLike | None = None,
+        **options: Any,
+    ) -> PolarScorer:
+        """Load an exported Hugging Face directory (``llama`` or ``internlm2`` format) for scoring.
+
+        The weights go through the same layout mapping as ``convert import-hf``, in memory. Without
+        ``tokenizer`` the directory's own tokenizer is used (``tokenizer.json`` or ``tokenizer.model``),
+        with the reward and split token ids that ``config.json`` records. Other arguments as
+        :meth:`from_checkpoint`.
+        """
+        from megatron_polar.checkpoint.hf_convert import load_hf_model
+
+        device = _default_device(device)
+        precision = precision or ("bf16" if device == "cuda" else "fp32")
+        cfg, model, layout = load_hf_model(directory, precision=precision, device=device)
+        tok = _load_tokenizer(tokenizer) if tokenizer is not None else _hf_tokenizer(directory, cfg)
+        _check_tokenizer(cfg, tok)
+        return cls._finish_load(cfg, model, tok, directory, normalizer, options, f"{layout} HF export")
+
+    @classmethod
+    def load(cls, model: str | os.PathLike, tokenizer: Any = None, **kwargs: Any) -> PolarScorer:
+        """:meth:`from_hf` for an exported HF directory, else :meth:`from_checkpoint` (which needs
+        ``tokenizer``)."""
+        if is_hf_directory(model):
+            return cls.from_hf(model, tokenizer, **kwargs)
+        if tokenizer is None:
+            raise ValueError(f"{model} is a megatron_polar checkpoint: give its tokenizer")
+        return cls.from_checkpoint(model, tokenizer, **kwargs)
+
+    @classmethod
+    def _finish_load(
+        cls,
+        cfg: Any,
+        model: PolarRewardModel,
+        tok: Any,
+        path: str | os.PathLike,
+        normalizer: RewardNormalizer | str | os.PathLike | None,
+        options: dict[str, Any],
+        what: str,
+    ) -> PolarScorer:
+        from megatron_polar.model.builder import resolve_use_te
+
         options.setdefault("max_length", min(16384, cfg.model.max_position_embeddings))
         options.setdefault("explicit_mask", not resolve_use_te(cfg))
         options.setdefault("name", str(path))
         if normalizer is not None and not isinstance(normalizer, RewardNormalizer):
             normalizer = RewardNormalizer.load(normalizer)
-        log.info("scorer: %s on %s (%s)", path, next(model.parameters()).device, precision)
+        param = next(model.parameters())
+        log.info("scorer: %s (%s) on %s (%s)", path, what, param.device, cfg.train.precision)
         return cls(model, tok, normalizer=normalizer, **options)
-
-    @classmethod
-    def from_hf(cls, directory: str | os.PathLike, **options: Any) -> PolarScorer:
-        """Load an exported Hugging Face directory (needs ``megatron_polar.checkpoint.hf_convert``)."""
-        raise NotImplementedError(
-            "PolarScorer.from_hf needs megatron_polar.checkpoint.hf_convert (the HF conversion branch), "
-            "which is not merged yet; convert the HF directory to a megatron_polar checkpoint and use "
-            "PolarScorer.from_checkpoint meanwhile"
-        )
 
     # ------------------------------------------------------------------ encoding
     def encode(self, request: ScoreRequest) -> EncodedRequest:
@@ -210,7 +257,13 @@ class PolarScorer:
     def _forward_sequences(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         rewards = [0.0] * len(sequences)
         lengths = [len(s) for s in sequences]
-        plan = plan_micro_batches(lengths, self.batch_tokens, self.max_batch_sequences, self.pad_multiple)
+        plan = plan_micro_batches(
+            lengths,
+            self.batch_tokens,
+            self.max_batch_sequences,
+            self.pad_multiple,
+            self.batch_overhead_tokens,
+        )
         for idx in plan:
             batch = collate_sequences(
                 [sequences[i] for i in idx], pad_multiple=self.pad_multiple, explicit_mask=self.explicit_mask
@@ -323,6 +376,30 @@ class PolarScorer:
             "max_response_length": self.max_response_length,
             "normalized": self.normalizer is not None,
         }
+
+
+def is_hf_directory(path: str | os.PathLike) -> bool:
+    """True for an HF model directory (``config.json`` naming ``architectures``), False otherwise."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return bool(json.loads(config.read_text(encoding="utf-8")).get("architectures"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _hf_tokenizer(directory: str | os.PathLike, cfg: Any) -> Any:
+    """The tokenizer an HF export carries, with the special ids its ``config.json`` records."""
+    from megatron_polar.data.tokenizer import load_tokenizer
+
+    m = cfg.model
+    if m.reward_token_id is None or m.split_token_id is None:
+        raise ValueError(
+            f"{directory}/config.json records no reward_token_id/split_token_id: pass the tokenizer (and "
+            "token names) explicitly"
+        )
+    return load_tokenizer(directory, split_token_id=m.split_token_id, reward_token_id=m.reward_token_id)
 
 
 def _load_tokenizer(tokenizer: Any) -> Any:

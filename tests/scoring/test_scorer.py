@@ -101,8 +101,10 @@ def test_calibration_roundtrip(scorer, tmp_path):
         RewardNormalizer.load(tmp_path / "bad.json")
 
 
-def test_from_hf_is_not_available_yet(tmp_path):
-    with pytest.raises(NotImplementedError, match="hf_convert"):
+def test_from_hf_names_a_missing_config(tmp_path):
+    from megatron_polar.checkpoint.hf_io import ConversionError
+
+    with pytest.raises(ConversionError, match="config.json"):
         PolarScorer.from_hf(tmp_path)
 
 
