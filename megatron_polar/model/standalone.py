@@ -36,12 +36,6 @@ def init_single_process(cfg: PolarConfig, device: str = "auto") -> torch.device:
     """Initialise a world of one for ``cfg`` (idempotent); ``device`` is auto, cpu or cuda."""
     for key, value in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")):
         os.environ.setdefault(key, value)
-    if "MASTER_PORT" not in os.environ:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     backend = {"cpu": "gloo", "cuda": "nccl"}.get(device, cfg.parallel.backend)
     topo = topology.initialize(replace(cfg.parallel, backend=backend), seed=cfg.train.seed)
     return topo.device

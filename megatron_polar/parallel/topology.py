@@ -73,6 +73,14 @@ def check_world_size(parallel: ParallelConfig, world_size: int) -> int:
     return world_size // mp
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
@@ -95,7 +103,9 @@ def initialize(parallel: ParallelConfig, seed: int) -> Topology:
 
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
+        if "MASTER_PORT" not in os.environ:
+            # A world of one needs no agreed port: take a free one so concurrent runs do not collide.
+            os.environ["MASTER_PORT"] = str(_free_port()) if world_size == 1 else "29500"
         dist.init_process_group(
             backend="nccl" if gpu else "gloo",
             world_size=world_size,

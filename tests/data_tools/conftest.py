@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
-from dt_helpers import words
 
 from megatron_polar.data.tokenizer import load_tokenizer, train_sentencepiece
+from tests.data_tools.dt_helpers import words
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,13 @@ import os
 
 import numpy as np
 import pytest
-from dt_helpers import make_triples, write_jsonl
 
 import data_tools.build as build_mod
 from data_tools.build import BuildConfig, build_dataset, token_dtype
 from data_tools.records import InputError, RecordError, validate_triple
 from megatron_polar.data.contract import open_pair_dataset, read_manifest
 from megatron_polar.data.format import build_polar_text, encode_sequence
+from tests.data_tools.dt_helpers import make_triples, write_jsonl
 
 CFG = BuildConfig(chunk_rows=16, max_length=256, max_response_length=100, progress=False)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from dt_helpers import make_triples, write_jsonl
 
 from data_tools.__main__ import main
+from tests.data_tools.dt_helpers import make_triples, write_jsonl
 
 
 def test_help_lists_commands(capsys):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pickle
 
 import pytest
-from dt_helpers import write_jsonl
 
 from data_tools.records import BadRows, InputError, RecordError, iter_raw_lines, iter_rows, parse_line
+from tests.data_tools.dt_helpers import write_jsonl
 
 
 @pytest.mark.parametrize("compress", [None, "gz", "zst"])

@@ -29,3 +29,16 @@ def test_loss_falls_and_accuracy_rises(task, tmp_path, world, layout):
     assert valid["accuracy"] >= 0.65, valid
     acc_first, acc_last = _first_last([r["accuracy"] for r in train])
     assert acc_last > acc_first + 0.1
+
+
+def test_bf16_mixed_precision_with_distributed_optimizer_runs_on_cpu(task, tmp_path):
+    """The default precision: bf16 weights, fp32 main params and grads in the distributed optimizer."""
+    run_dir = tmp_path / "run"
+    overrides = base_overrides(
+        task, run_dir, 4, ["train.precision=bf16", "parallel.use_distributed_optimizer=true"]
+    )
+    [result] = run_distributed(train_worker, 1, overrides)
+    rows = read_metrics(run_dir)
+    assert [r["skipped"] for r in rows] == [0, 0, 0, 0]
+    assert all(r["grad_norm"] > 0 for r in rows)
+    assert result["valid"]["loss"] < 0.7
