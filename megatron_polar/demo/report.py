@@ -96,7 +96,7 @@ def write_report(
     out_dir: Path,
     *,
     results: dict,
-    checks: list[tuple[str, bool, str]],
+    checks: list[tuple[str, bool, str, str]],
     runs: dict[str, Path],
     data_info: dict,
     generate_info: dict,
@@ -118,11 +118,11 @@ def write_report(
         "",
         "## Results",
         "",
-        "| check | value | threshold | |",
+        "| check | before -> after | threshold | |",
         "|---|---|---|---|",
     ]
-    for name, ok, detail in checks:
-        lines.append(f"| {name} | {detail} | | {'PASS' if ok else 'FAIL'} |")
+    for name, ok, detail, threshold in checks:
+        lines.append(f"| {name} | {detail} | {threshold} | {'PASS' if ok else 'FAIL'} |")
     lines += [
         "",
         "### Pre-training: pairs involving held-out policies",
@@ -218,7 +218,7 @@ def write_report(
     (out_dir / "summary.json").write_text(
         json.dumps(
             {
-                "checks": [{"name": n, "pass": ok, "detail": d} for n, ok, d in checks],
+                "checks": [{"name": n, "pass": ok, "detail": d, "threshold": t} for n, ok, d, t in checks],
                 "holdout_accuracy_before": hb["accuracy_ties_half"],
                 "holdout_accuracy_after": _acc(results["holdout_after"]),
                 "counting_accuracy_before": _acc(cb),

@@ -42,7 +42,7 @@ class DemoSizes:
     count_train_rows: int = 800  # ranked counting rows for fine-tuning
     count_eval_rows: int = 200  # ranked rows over held-out words
     sft_steps: int = 150
-    sft_lr: float = 1e-3
+    sft_lr: float = 3e-4
     sft_eval_interval: int = 50
     holdout_word_fraction: float = 0.2
     parallel: str = "pp2"  # pp2 or tp2: the 2-process layout of both training runs
