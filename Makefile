@@ -27,6 +27,9 @@ test: $(STAMP) ## Run the test suite (CPU, gloo; GPU-marked tests skip without a
 test-gpu: $(STAMP) ## Run only the GPU-marked tests (on a machine with a GPU and Transformer Engine)
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
 
+demo: $(STAMP) ## End-to-end POLAR demo on the CPU, offline (report: demo_out/report/REPORT.md; REBUILD=1 redoes all)
+	$(PY) -m megatron_polar.demo --check $(if $(REBUILD),--rebuild) $(DEMO_ARGS)
+
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
