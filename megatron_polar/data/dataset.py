@@ -232,6 +232,6 @@ class PairBatches:
     def _collate(self, samples: list[np.ndarray]) -> RewardBatch:
         if self.layout == "padded":
             pairs = [self.pool.pair(int(p)) for s in samples for p in s]
-            return collate_padded(pairs, self.seq_length, pad_id=self.pad_id, explicit_mask=not self.thd)
+            return collate_padded(pairs, self.seq_length, pad_id=self.pad_id, explicit_mask=False)
         rows = [[self.pool.pair(int(p)) for p in s] for s in samples]
         return collate_packed(rows, self.seq_length, pad_id=self.pad_id, thd=self.thd)

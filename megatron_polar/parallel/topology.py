@@ -102,12 +102,13 @@ def initialize(parallel: ParallelConfig, seed: int) -> Topology:
         cpu_backend.enable()
 
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if "MASTER_PORT" not in os.environ:
-            # A world of one needs no agreed port: take a free one so concurrent runs do not collide.
-            os.environ["MASTER_PORT"] = str(_free_port()) if world_size == 1 else "29500"
+        init_method = None  # env://: MASTER_ADDR and MASTER_PORT from the launcher
+        if world_size == 1 and "MASTER_PORT" not in os.environ:
+            # A world of one agrees with nobody: a free port, without exporting it to child processes.
+            init_method = f"tcp://127.0.0.1:{_free_port()}"
         dist.init_process_group(
             backend="nccl" if gpu else "gloo",
+            init_method=init_method,
             world_size=world_size,
             rank=rank,
             timeout=timedelta(minutes=parallel.distributed_timeout_minutes),

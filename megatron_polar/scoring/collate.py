@@ -26,13 +26,14 @@ def collate_sequences(
     *,
     pad_id: int = 0,
     pad_multiple: int = 16,
-    explicit_mask: bool = True,
+    explicit_mask: bool = False,
 ) -> RewardBatch:
     """One right-padded row per sequence, ``reward_index`` shaped ``[n, 1]`` at each last token.
 
     ``seq_length`` defaults to the longest sequence rounded up to ``pad_multiple``. With
-    ``explicit_mask`` a boolean causal mask (True = masked) is attached, as the local spec needs; padding
-    sits after the reward token, so causal attention keeps it out of every reward.
+    ``explicit_mask`` a boolean causal mask (True = masked) is attached; without it both specs attend
+    causally (SDPA's causal kernel, TE's causal mask type). Padding sits after the reward token, so
+    causal attention keeps it out of every reward.
     """
     if not seqs:
         raise ValueError("collate_sequences needs at least one sequence")

@@ -115,7 +115,7 @@ class PolarScorer:
         max_batch_sequences: int = 64,
         pad_multiple: int | None = None,
         batch_overhead_tokens: int = 256,
-        explicit_mask: bool = True,
+        explicit_mask: bool = False,
         normalizer: RewardNormalizer | None = None,
         name: str = "polar",
     ) -> None:
@@ -210,10 +210,7 @@ class PolarScorer:
         options: dict[str, Any],
         what: str,
     ) -> PolarScorer:
-        from megatron_polar.model.builder import resolve_use_te
-
         options.setdefault("max_length", min(16384, cfg.model.max_position_embeddings))
-        options.setdefault("explicit_mask", not resolve_use_te(cfg))
         options.setdefault("name", str(path))
         if normalizer is not None and not isinstance(normalizer, RewardNormalizer):
             normalizer = RewardNormalizer.load(normalizer)

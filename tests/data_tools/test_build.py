@@ -167,9 +167,8 @@ def test_refuses_to_overwrite(tmp_path, sp_tok):
 
 
 def test_hf_tokenizer_build(tmp_path):
-    from test_tokenizer_hf import make_hf_tokenizer
-
     from megatron_polar.data.tokenizer import load_tokenizer
+    from tests.data_tools.test_tokenizer_hf import make_hf_tokenizer
 
     tok = load_tokenizer(make_hf_tokenizer(tmp_path))
     rows = make_triples(10)

@@ -50,8 +50,9 @@ def read_metrics(run_dir: Path, split: str = "train") -> list[dict]:
 
 
 def cli_env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
-    return env
+    launcher = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    return dict(env, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
 
 
 def train_cli(overrides: list[str], nproc: int = 1, **popen) -> subprocess.Popen:
