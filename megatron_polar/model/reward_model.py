@@ -26,6 +26,8 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlock
 from torch import Tensor
 
+from megatron_polar.parallel import cpu_backend
+
 
 @dataclass
 class RewardBatch:
@@ -138,20 +140,22 @@ class PolarRewardModel(MegatronModule):
         return freqs[:, 0, 0][pos_sb].unsqueeze(2)  # [s, b, 1, d]
 
     def forward(self, batch: RewardBatch) -> Tensor:
-        seq_length = batch.tokens.shape[1]
-        if self.pre_process:
-            hidden = self.embedding(input_ids=batch.tokens, position_ids=None)
-        else:
-            hidden = None  # the block uses the tensor set by set_input_tensor
-        hidden = self.decoder(
-            hidden_states=hidden,
-            attention_mask=batch.attention_mask,
-            rotary_pos_emb=self._rotary(batch, seq_length),
-            packed_seq_params=batch.packed_seq_params,
-        )
-        if not self.post_process:
-            return hidden
-        return self.rewards_from_hidden(hidden, batch.reward_index)
+        rotary = self._rotary(batch, batch.tokens.shape[1])  # megatron's RoPE moves itself to "cuda"
+        # The rest holds no CUDA literals: skip the CPU backend's per-operation device redirection.
+        with cpu_backend.suspended():
+            if self.pre_process:
+                hidden = self.embedding(input_ids=batch.tokens, position_ids=None)
+            else:
+                hidden = None  # the block uses the tensor set by set_input_tensor
+            hidden = self.decoder(
+                hidden_states=hidden,
+                attention_mask=batch.attention_mask,
+                rotary_pos_emb=rotary,
+                packed_seq_params=batch.packed_seq_params,
+            )
+            if not self.post_process:
+                return hidden
+            return self.rewards_from_hidden(hidden, batch.reward_index)
 
     def rewards_from_hidden(self, hidden_sbh: Tensor, reward_index: Tensor) -> Tensor:
         """Score the final-norm hidden states at the flat positions ``reward_index``."""

@@ -93,6 +93,21 @@ def device_mode():
         yield
 
 
+@contextlib.contextmanager
+def suspended():
+    """Run a region with no device redirection at all, on the hot path.
+
+    A ``TorchFunctionMode`` costs a Python call per torch operation (about 3.5 ms of a 5.5 ms forward of
+    the tiny model). The model's forward pass holds no CUDA literals, so it runs under this; the
+    schedules, gradient buffers and optimizer around it keep the redirection.
+    """
+    if not _enabled:
+        yield
+        return
+    with torch._C.DisableTorchFunction():
+        yield
+
+
 def is_enabled() -> bool:
     """True once :func:`enable` has redirected the CUDA calls in this process."""
     return _enabled

@@ -27,6 +27,8 @@ def test_collate_sequences_layout():
     batch = collate_sequences([[1, 2, 3], [4, 5, 6, 7, 8]], pad_multiple=8)
     assert batch.tokens.shape == (2, 8)
     assert batch.reward_index.tolist() == [[2], [8 + 4]]
+    assert batch.attention_mask is None  # causal attention needs no mask tensor
+    batch = collate_sequences([[1, 2, 3], [4, 5, 6, 7, 8]], pad_multiple=8, explicit_mask=True)
     assert batch.attention_mask.shape == (2, 1, 8, 8)
     assert bool(batch.attention_mask[0, 0, 0, 1]) and not bool(batch.attention_mask[0, 0, 1, 0])
     with pytest.raises(ValueError):
