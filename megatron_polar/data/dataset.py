@@ -167,6 +167,7 @@ class PairBatches:
         self.pad_id, self.thd, self.name = pad_id, thd, name
         self.num_microbatches = global_batch_size // (micro_batch_size * dp_size)
         self._plans: dict[int, EpochPlan] = {}
+        self._epoch_steps: list[int] = []
         plan = self.plan(0)
         if len(plan) < global_batch_size:
             raise ConfigError(
@@ -217,9 +218,20 @@ class PairBatches:
         plan = self.plan(0)
         return len(plan.order) / max(1, len(plan))
 
+    def _locate(self, step: int) -> tuple[int, int]:
+        """(epoch, step within it): epochs pack differently, so each has its own number of steps."""
+        epoch, start = 0, 0
+        while True:
+            if epoch == len(self._epoch_steps):
+                self._epoch_steps.append(len(self.plan(epoch)) // self.global_batch_size)
+            if step < start + self._epoch_steps[epoch]:
+                return epoch, step - start
+            start += self._epoch_steps[epoch]
+            epoch += 1
+
     def step_batches(self, step: int) -> list[RewardBatch]:
         """This rank's micro-batches of global step ``step`` (0-based), wrapping into later epochs."""
-        epoch, within = divmod(step, self.steps_per_epoch)
+        epoch, within = self._locate(step)
         plan = self.plan(epoch)
         first = within * self.global_batch_size + self.dp_rank * self.num_microbatches * self.micro_batch_size
         batches = []

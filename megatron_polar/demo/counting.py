@@ -8,10 +8,11 @@ ranked row is ``{"prompt", "responses": [best, ..., worst], "category"}`` as ``d
 3. a wrong count (off by one) phrased *exactly like the reference*;
 4. the same wrong count in the second phrasing.
 
-``rank --mode all`` turns a row into the triples (2 > 3), (2 > 4) and (3 > 4) against the reference: the
-first rewards a correct answer over a look-alike wrong one, the second isolates the number, and the
-third keeps "closer to the reference is better" among equals, so "prefer a different phrasing" is no
-shortcut. Evaluation follows the paper's protocol (reference = 1st, correct when 2nd scores above 3rd).
+The demo fine-tunes on ``rank --mode first3`` triples, (2 > 3) against the reference: a correct answer
+in another phrasing must beat a wrong answer that copies the reference's phrasing, so the count, not
+surface similarity, decides. (``--mode all`` would add (2 > 4) and (3 > 4); the latter rewards phrasing
+among equally wrong answers and, on this tiny model, slowed learning of the count from 0.93 to 0.71
+held-out accuracy in the same steps.) Evaluation follows the paper's protocol (reference = 1st, correct when 2nd scores above 3rd).
 """
 
 from __future__ import annotations

@@ -92,8 +92,9 @@ def stage_data(p: DemoPaths, s: DemoSizes) -> dict:
     pair = ["-m", "data_tools", "pair", str(p.rollouts), "-o", str(p.pairs)]
     pair += ["--pairs-per-prompt", str(s.pairs_per_prompt), "--seed", str(s.seed)]
     pair += ["--holdout-policies", ",".join(policies.HOLDOUT), "--holdout-output", str(p.pairs_holdout)]
-    # rank --mode all: (correct > look-alike wrong), (correct > wrong), (look-alike wrong > wrong)
-    rank_train = ["-m", "data_tools", "rank", str(p.count_train), "-o", str(p.sft_triples), "--mode", "all"]
+    # rank --mode first3: reference = correct answer, chosen = the correct count phrased otherwise,
+    # rejected = the wrong count phrased like the reference: the number must beat surface similarity.
+    rank_train = ["-m", "data_tools", "rank", str(p.count_train), "-o", str(p.sft_triples), "--mode", s.rank_mode]
     rank_eval = ["-m", "data_tools", "rank", str(p.count_eval), "-o", str(p.sft_eval_triples)]
     run_parallel(
         [

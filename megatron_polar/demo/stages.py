@@ -28,22 +28,23 @@ REPO = Path(__file__).resolve().parents[2]
 class DemoSizes:
     """How big each stage is. ``FULL`` is what ``make demo`` runs, ``QUICK`` what the test runs."""
 
-    prompts: int = 300  # pre-training prompts
+    prompts: int = 1200  # pre-training prompts
     responses_per_policy: int = 2  # rollouts per policy and prompt
     pairs_per_prompt: int = 4  # triples drawn per prompt by `data_tools pair`
     vocab_size: int = 1024  # sentencepiece vocabulary (and model.vocab_size)
     seq_length: int = 512  # packed row length
     global_batch_size: int = 8  # packed rows per step
     micro_batch_size: int = 2
-    pretrain_steps: int = 200
+    pretrain_steps: int = 400
     pretrain_lr: float = 1e-3
-    pretrain_eval_interval: int = 50
+    pretrain_eval_interval: int = 100
     eval_iters: int = 16  # validation batches per evaluation (caps its cost)
-    count_train_rows: int = 800  # ranked counting rows for fine-tuning
+    count_train_rows: int = 2400  # ranked counting rows for fine-tuning
     count_eval_rows: int = 200  # ranked rows over held-out words
-    sft_steps: int = 150
-    sft_lr: float = 3e-4
-    sft_eval_interval: int = 50
+    rank_mode: str = "first3"  # `data_tools rank --mode`: (correct, other phrasing) > look-alike wrong
+    sft_steps: int = 300
+    sft_lr: float = 5e-4
+    sft_eval_interval: int = 100
     holdout_word_fraction: float = 0.2
     parallel: str = "pp2"  # pp2 or tp2: the 2-process layout of both training runs
     nproc: int = 2
