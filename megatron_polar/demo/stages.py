@@ -42,7 +42,7 @@ class DemoSizes:
     count_train_rows: int = 2400  # ranked counting rows for fine-tuning
     count_eval_rows: int = 200  # ranked rows over held-out words
     rank_mode: str = "first3"  # `data_tools rank --mode`: (correct, other phrasing) > look-alike wrong
-    sft_steps: int = 300
+    sft_steps: int = 600
     sft_lr: float = 5e-4
     sft_eval_interval: int = 100
     holdout_word_fraction: float = 0.2
