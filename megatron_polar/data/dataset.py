@@ -114,6 +114,10 @@ class EpochPlan:
         self.order = order
         if layout == "packed":
             rows = pack_pairs(pool.lengths[order].sum(axis=1), seq_length, window=window)
+            if shuffle:
+                # Best-fit-decreasing opens rows largest pairs first: without this, each window's long
+                # pairs would come early in the epoch and its short ones late.
+                rows = [rows[i] for i in np.random.default_rng([seed, 17, epoch]).permutation(len(rows))]
             self.row_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
             self.row_offsets[1:] = np.cumsum([len(r) for r in rows])
             self.row_pairs = order[np.concatenate(rows)] if rows else np.zeros(0, np.int64)

@@ -25,7 +25,9 @@ def _pool(n: int) -> PairPool:
 
 
 def _batches(pool, **kw) -> PairBatches:
-    args = dict(layout="packed", seq_length=256, global_batch_size=4, micro_batch_size=1, dp_rank=0, dp_size=1, seed=3)
+    args = dict(
+        layout="packed", seq_length=256, global_batch_size=4, micro_batch_size=1, dp_rank=0, dp_size=1, seed=3
+    )
     return PairBatches(pool, **{**args, **kw})
 
 
@@ -54,3 +56,17 @@ def test_padded_layout_drops_and_counts_sequences_longer_than_a_row():
     plan = data.plan(0)
     assert plan.dropped == int((_FakeDataset(100).lengths.max(axis=1) > 100).sum()) > 0
     assert len(plan) == 100 - plan.dropped
+
+
+def test_packed_rows_are_not_ordered_by_pair_length():
+    """Packing sorts each window by length; the epoch order of the rows must not inherit that."""
+    n = 400
+    lengths = np.where((np.arange(n) % 4 == 0)[:, None], 100, 10) * np.ones((n, 2), dtype=np.int64)
+    ds = _FakeDataset(n)
+    ds.lengths = lengths
+    pool = PairPool(datasets=[ds], source=np.zeros(n, np.int32), index=np.arange(n), lengths=lengths)
+    plan = _batches(pool, window=n).plan(0)
+    small_rows = [s for s in range(len(plan)) if lengths[plan.sample_pairs(s)].max() == 10]
+    assert 3 <= len(small_rows) < len(plan) // 4
+    # Best-fit-decreasing opens the rows of short pairs last; after the shuffle they are spread out.
+    assert min(small_rows) < len(plan) - len(small_rows) - 10, small_rows
