@@ -7,6 +7,7 @@ import pickle
 import pytest
 
 from megatron_polar.data.tokenizer import load_tokenizer
+from tests.data_tools.test_tokenizer_hf import make_hf_tokenizer
 
 TEXTS = ["", " leading", "two  spaces\n\n", "emoji 😀 and é 数据", "x<|reward|>y", "\ttab"]
 
@@ -35,25 +36,6 @@ def test_pickles_by_path(sp_tok):
     again = pickle.loads(pickle.dumps(sp_tok))
     assert again.encode("alpha beta") == sp_tok.encode("alpha beta")
     assert again.reward_token_id == sp_tok.reward_token_id
-
-
-def make_hf_tokenizer(path) -> str:
-    """A byte-level BPE tokenizer.json with the POLAR special tokens added."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<s>", "</s>", "<|reward|>", "[UNUSED_TOKEN_130]"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(["alpha beta gamma reward model policy 数据"] * 50, trainer)
-    out = str(path / "tokenizer.json")
-    tok.save(out)
-    return out
 
 
 def test_hf_tokenizer(tmp_path):
