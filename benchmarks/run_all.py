@@ -44,7 +44,13 @@ def _summary(results: dict) -> list[tuple[str, str, str]]:
         if not isinstance(r, dict) or "batched_over_one_at_a_time" not in r:
             continue
         label = shape.replace("_", " ")
-        rows.append((f"serve seq/s, batched / one at a time ({label})", f"{r['batched_over_one_at_a_time']:.2f}x", ">= 3x"))
+        rows.append(
+            (
+                f"serve seq/s, batched / one at a time ({label})",
+                f"{r['batched_over_one_at_a_time']:.2f}x",
+                ">= 3x",
+            )
+        )
         rows.append((f"serve failed requests ({label})", str(r["failed"]), "0"))
         b = r["batched"]
         rows.append((f"serve batched p50 / p99 ms ({label})", f"{b['p50_ms']} / {b['p99_ms']}", ""))

@@ -94,7 +94,16 @@ def stage_data(p: DemoPaths, s: DemoSizes) -> dict:
     pair += ["--holdout-policies", ",".join(policies.HOLDOUT), "--holdout-output", str(p.pairs_holdout)]
     # rank --mode first3: reference = correct answer, chosen = the correct count phrased otherwise,
     # rejected = the wrong count phrased like the reference: the number must beat surface similarity.
-    rank_train = ["-m", "data_tools", "rank", str(p.count_train), "-o", str(p.sft_triples), "--mode", s.rank_mode]
+    rank_train = [
+        "-m",
+        "data_tools",
+        "rank",
+        str(p.count_train),
+        "-o",
+        str(p.sft_triples),
+        "--mode",
+        s.rank_mode,
+    ]
     rank_eval = ["-m", "data_tools", "rank", str(p.count_eval), "-o", str(p.sft_eval_triples)]
     run_parallel(
         [
