@@ -148,7 +148,6 @@ class PairBatches:
         *,
         layout: str,
         seq_length: int,
-        global_batch_size: int,
         micro_batch_size: int,
         dp_rank: int,
         dp_size: int,
@@ -158,31 +157,16 @@ class PairBatches:
         pad_id: int = 0,
         thd: bool = False,
         name: str = "train",
+        global_batch_size: int | None = None,
     ):
-        if global_batch_size % (micro_batch_size * dp_size):
-            raise ConfigError(
-                f"train.global_batch_size={global_batch_size} must be a multiple of train.micro_batch_size="
-                f"{micro_batch_size} x data-parallel size {dp_size}"
-            )
         self.pool, self.layout, self.seq_length = pool, layout, seq_length
-        self.global_batch_size, self.micro_batch_size = global_batch_size, micro_batch_size
+        self.micro_batch_size = micro_batch_size
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.seed, self.window, self.shuffle = seed, window, shuffle
         self.pad_id, self.thd, self.name = pad_id, thd, name
-        self.num_microbatches = global_batch_size // (micro_batch_size * dp_size)
         self._plans: dict[int, EpochPlan] = {}
         self._epoch_steps: list[int] = []
-        plan = self.plan(0)
-        if len(plan) < global_batch_size:
-            raise ConfigError(
-                f"{name} data has {len(plan)} {self.unit}s per epoch, fewer than train.global_batch_size="
-                f"{global_batch_size}"
-                + (
-                    f" ({plan.dropped} pairs longer than data.seq_length were dropped)"
-                    if plan.dropped
-                    else ""
-                )
-            )
+        plan = self.plan(0)  # packed once here; the global batch size can be chosen from it afterwards
         if plan.dropped:
             log.warning(
                 "%s: %d of %d pairs exceed data.seq_length=%d and are skipped",
@@ -191,9 +175,33 @@ class PairBatches:
                 len(pool),
                 seq_length,
             )
+        self.global_batch_size = self.num_microbatches = 0
+        if global_batch_size is not None:
+            self.set_global_batch_size(global_batch_size)
+
+    def set_global_batch_size(self, global_batch_size: int) -> None:
+        """Fix the samples per step (checked against the micro-batch, DP size and epoch length)."""
+        unit = self.micro_batch_size * self.dp_size
+        if global_batch_size % unit:
+            raise ConfigError(
+                f"train.global_batch_size={global_batch_size} must be a multiple of train.micro_batch_size="
+                f"{self.micro_batch_size} x data-parallel size {self.dp_size}"
+            )
+        plan = self.plan(0)
+        if len(plan) < global_batch_size:
+            dropped = (
+                f" ({plan.dropped} pairs longer than data.seq_length were dropped)" if plan.dropped else ""
+            )
+            raise ConfigError(
+                f"{self.name} data has {len(plan)} {self.unit}s per epoch, fewer than "
+                f"train.global_batch_size={global_batch_size}{dropped}"
+            )
+        self.global_batch_size = global_batch_size
+        self.num_microbatches = global_batch_size // unit
+        self._epoch_steps = []
         log.info(
             "%s: %d pairs -> %d %ss per epoch, %d steps per epoch, %.1f%% real tokens",
-            name,
+            self.name,
             len(plan.order),
             len(plan),
             self.unit,

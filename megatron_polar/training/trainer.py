@@ -132,24 +132,18 @@ class Trainer:
             pad_id=0,
             thd=thd,
         )
-        probe = PairBatches(train_pool, global_batch_size=unit, **common, name="train")
-        self.lr, gbs = resolve_hparams(cfg, probe.pairs_per_sample(), unit)
+        self.train_data = PairBatches(train_pool, **common, name="train")
+        self.lr, gbs = resolve_hparams(cfg, self.train_data.pairs_per_sample(), unit)
         cfg = replace(
             cfg, train=replace(cfg.train, global_batch_size=gbs), optim=replace(cfg.optim, lr=self.lr)
         )
         self.cfg = cfg
-        self.train_data = PairBatches(train_pool, global_batch_size=gbs, **common, name="train")
+        self.train_data.set_global_batch_size(gbs)
         self.valid_data = None
         if valid_pool is not None and len(valid_pool):
-            vplan_len = len(
-                PairBatches(
-                    valid_pool, global_batch_size=unit, **{**common}, shuffle=False, name="valid"
-                ).plan(0)
-            )
-            vgbs = max(unit, min(gbs, vplan_len // unit * unit))
-            self.valid_data = PairBatches(
-                valid_pool, global_batch_size=vgbs, **common, shuffle=False, name="valid"
-            )
+            self.valid_data = PairBatches(valid_pool, **common, shuffle=False, name="valid")
+            samples = len(self.valid_data.plan(0))
+            self.valid_data.set_global_batch_size(max(unit, min(gbs, samples // unit * unit)))
         self.train_iters = cfg.train.train_iters or self.train_data.steps_per_epoch
         self.chunks = build_model_chunks(cfg, use_te=self.use_te)
         self.model = wrap_ddp(cfg, self.chunks)
