@@ -58,6 +58,12 @@ def layer_spec(use_te: bool) -> ModuleSpec:
     return spec
 
 
+def takes_attention_masks(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s core attention honours an explicit ``attention_mask`` (the local spec's SDPA
+    attention does; Transformer Engine's causal spec ignores it)."""
+    return any(isinstance(m, SdpaAttention) for m in model.modules())
+
+
 def build_model_chunks(cfg: PolarConfig, use_te: bool | None = None) -> list[PolarRewardModel]:
     """This rank's model chunks (one, or ``virtual_pipeline_model_parallel_size`` when interleaving)."""
     if use_te is None:

@@ -35,6 +35,13 @@ def add_scorer_args(parser: argparse.ArgumentParser) -> None:
         "--max-length", type=int, default=None, help="longest sequence (default: min(16384, model))"
     )
     g.add_argument(
+        "--share-prefix",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="score sequences with a common prefix (candidates of one prompt and reference) in shared rows "
+        "that compute the prefix once; auto: on with the local attention spec, off with Transformer Engine",
+    )
+    g.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
     )
     g.add_argument("--normalize", default=None, metavar="CALIB_JSON", help="apply this reward normaliser")
@@ -58,7 +65,11 @@ def scorer_from_args(args: argparse.Namespace, max_batch_sequences: int = 64) ->
         )
     elif not is_hf_directory(args.model):
         raise SystemExit(f"error: --tokenizer is required: {args.model} is not an HF directory")
-    options = {"batch_tokens": args.batch_tokens, "max_batch_sequences": max_batch_sequences}
+    options = {
+        "batch_tokens": args.batch_tokens,
+        "max_batch_sequences": max_batch_sequences,
+        "share_prefix": {"auto": None, "on": True, "off": False}[args.share_prefix],
+    }
     if args.max_length is not None:
         options["max_length"] = args.max_length
     return PolarScorer.load(

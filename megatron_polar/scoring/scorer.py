@@ -9,6 +9,8 @@
 Each (reference, candidate) pair becomes the released POLAR sequence (``assemble_sequence``); the prompt
 and the references are encoded once per request. All sequences of a call are scored together in
 length-sorted micro-batches bounded by a token budget, and results come back in the caller's order.
+Sequences that start alike (the candidates of one prompt and reference) share one row that computes
+their common prefix once (``prefix_sharing``), with the local attention spec.
 With several references the reward is their mean (the paper's suggested variance reduction), and the
 spread is reported by :meth:`PolarScorer.score_detailed`.
 """
@@ -26,10 +28,12 @@ from typing import Any
 import torch
 
 from megatron_polar.data.format import assemble_sequence, prompt_text
-from megatron_polar.model.reward_model import PolarRewardModel
+from megatron_polar.model.builder import takes_attention_masks
+from megatron_polar.model.reward_model import PolarRewardModel, RewardBatch
 from megatron_polar.parallel import cpu_backend
 from megatron_polar.scoring.collate import collate_sequences, plan_micro_batches
 from megatron_polar.scoring.normalizer import RewardNormalizer
+from megatron_polar.scoring.prefix_sharing import collate_shared_rows, plan_shared_rows
 from megatron_polar.scoring.requests import ScoreRequest, Text, as_text, as_text_list, parse_row
 from megatron_polar.utils.logging import get_logger
 
@@ -102,6 +106,10 @@ class PolarScorer:
 
     Not thread-safe for concurrent forward passes: the server gives the model to one worker thread;
     :meth:`encode` (tokenisation only) may run on any thread.
+
+    Shared prefixes: ``share_prefix`` (default: whenever the model's attention takes explicit masks, i.e.
+    the local spec) scores sequences sharing at least ``min_shared_prefix`` leading tokens in shared rows
+    of at most ``shared_row_tokens`` tokens; see :mod:`megatron_polar.scoring.prefix_sharing`.
     """
 
     def __init__(
@@ -116,6 +124,9 @@ class PolarScorer:
         pad_multiple: int | None = None,
         batch_overhead_tokens: int = 256,
         explicit_mask: bool = False,
+        share_prefix: bool | None = None,
+        min_shared_prefix: int = 16,
+        shared_row_tokens: int = 4096,
         normalizer: RewardNormalizer | None = None,
         name: str = "polar",
     ) -> None:
@@ -130,6 +141,15 @@ class PolarScorer:
         self.pad_multiple = pad_multiple or (16 if self.device.type == "cuda" else 1)
         self.batch_overhead_tokens = batch_overhead_tokens
         self.explicit_mask = explicit_mask
+        if share_prefix is None:
+            share_prefix = takes_attention_masks(model)
+        elif share_prefix and not takes_attention_masks(model):
+            raise ValueError(
+                "share_prefix needs the local attention spec (explicit masks), not Transformer Engine"
+            )
+        self.share_prefix = share_prefix
+        self.min_shared_prefix = min_shared_prefix
+        self.shared_row_tokens = shared_row_tokens
         self.normalizer = normalizer
         self.name = name
 
@@ -253,22 +273,34 @@ class PolarScorer:
 
     def _forward_sequences(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         rewards = [0.0] * len(sequences)
-        lengths = [len(s) for s in sequences]
-        plan = plan_micro_batches(
+        if self.share_prefix:
+            rows, alone = plan_shared_rows(sequences, self.min_shared_prefix, self.shared_row_tokens)
+        else:
+            rows, alone = [], list(range(len(sequences)))
+        for plan in self._plan([len(sequences[i]) for i in alone]):
+            idx = [alone[j] for j in plan]
+            batch = collate_sequences(
+                [sequences[i] for i in idx], pad_multiple=self.pad_multiple, explicit_mask=self.explicit_mask
+            )
+            self._run(batch, idx, rewards)
+        for plan in self._plan([r.width for r in rows]):
+            batch, idx = collate_shared_rows(sequences, [rows[j] for j in plan], self.pad_multiple)
+            self._run(batch, idx, rewards)
+        return rewards
+
+    def _plan(self, lengths: list[int]) -> list[list[int]]:
+        return plan_micro_batches(
             lengths,
             self.batch_tokens,
             self.max_batch_sequences,
             self.pad_multiple,
             self.batch_overhead_tokens,
         )
-        for idx in plan:
-            batch = collate_sequences(
-                [sequences[i] for i in idx], pad_multiple=self.pad_multiple, explicit_mask=self.explicit_mask
-            )
-            out = self.model(batch.to(self.device)).view(-1).float().cpu().tolist()
-            for i, r in zip(idx, out):
-                rewards[i] = r
-        return rewards
+
+    def _run(self, batch: RewardBatch, idx: Sequence[int], rewards: list[float]) -> None:
+        out = self.model(batch.to(self.device)).view(-1).float().cpu().tolist()
+        for i, r in zip(idx, out):
+            rewards[i] = r
 
     # ------------------------------------------------------------------ scoring
     def _use_normalizer(self, normalize: bool | None) -> RewardNormalizer | None:

@@ -1,0 +1,112 @@
+"""Shared-prefix rows: grouping, row layout and rewards equal to scoring each sequence on its own."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from megatron_polar.model.builder import takes_attention_masks
+from megatron_polar.scoring.prefix_sharing import (
+    collate_shared_rows,
+    common_prefix_length,
+    plan_shared_rows,
+)
+from megatron_polar.scoring.requests import ScoreRequest
+from megatron_polar.scoring.scorer import PolarScorer
+from tests.scoring.helpers import random_text
+
+TOL = 1e-5  # different matrix shapes round differently in the last bits
+
+
+def _naive_lcp(a, b):
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def test_common_prefix_length_matches_a_token_by_token_scan():
+    rng = random.Random(0)
+    for _ in range(500):
+        base = [rng.randrange(4) for _ in range(rng.randrange(0, 40))]
+        a = base + [rng.randrange(4) for _ in range(rng.randrange(0, 10))]
+        b = base + [rng.randrange(4) for _ in range(rng.randrange(0, 10))]
+        assert common_prefix_length(a, b) == _naive_lcp(a, b)
+
+
+def test_plan_groups_shared_prefixes_and_covers_every_sequence():
+    p1, p2 = list(range(100, 130)), list(range(200, 240))
+    seqs = [
+        p1 + [1, 2],
+        p2 + [5],
+        p1 + [3],
+        list(range(300, 340)),  # shares nothing
+        p2 + [6, 7, 8],
+        p1 + [1, 2],  # identical to sequence 0: still keeps its last token as a suffix
+        p1[:10] + [9] * 30,  # shares 10 < min_prefix tokens with p1's group
+    ]
+    rows, alone = plan_shared_rows(seqs, min_prefix=16)
+    covered = sorted([i for r in rows for i in r.members] + alone)
+    assert covered == list(range(len(seqs)))
+    groups = {frozenset(r.members): r for r in rows}
+    assert set(groups) == {frozenset({0, 2, 5}), frozenset({1, 4})}
+    assert groups[frozenset({0, 2, 5})].prefix == 30
+    assert groups[frozenset({1, 4})].prefix == 40
+    for r in rows:
+        assert all(len(seqs[i]) > r.prefix for i in r.members)
+        assert r.width == r.prefix + sum(len(seqs[i]) - r.prefix for i in r.members)
+    assert alone == [3, 6]
+    assert plan_shared_rows(seqs, min_prefix=16) == (rows, alone)  # depends only on the inputs
+
+
+def test_plan_respects_the_row_budget():
+    prefix = list(range(1000, 1050))
+    seqs = [prefix + [i] * 10 for i in range(12)]
+    rows, alone = plan_shared_rows(seqs, min_prefix=16, max_row_tokens=100)
+    assert all(r.width <= 100 for r in rows)
+    assert sorted([i for r in rows for i in r.members] + alone) == list(range(12))
+    assert len(rows) > 1  # the group was split, each row with its own copy of the prefix
+
+
+def test_collate_shared_rows_layout():
+    seqs = [[7, 8, 9, 1], [7, 8, 9, 2, 3], [5, 6]]
+    rows, alone = plan_shared_rows(seqs, min_prefix=2)
+    assert alone == [2] and len(rows) == 1 and rows[0].prefix == 3
+    batch, owners = collate_shared_rows(seqs, rows, pad_multiple=8)
+    assert batch.tokens[0].tolist() == [7, 8, 9, 1, 2, 3, 0, 0]
+    assert batch.position_ids[0].tolist()[:6] == [0, 1, 2, 3, 3, 4]
+    assert owners == [0, 1] and batch.reward_index.view(-1).tolist() == [3, 5]
+    masked = batch.attention_mask[0, 0]
+    assert not masked[4, :3].any() and not masked[4, 4]  # the second suffix sees the prefix and itself
+    assert masked[4, 3] and masked[5, 3]  # but not the first suffix
+    assert masked[2, 3]  # causal inside the prefix too
+    assert not masked.all(dim=-1).any()  # no row (padding included) attends to nothing
+
+
+def _requests(rng, n, candidates, references=1):
+    return [
+        ScoreRequest(
+            prompt=random_text(rng, 3, 20),
+            references=[random_text(rng, 3, 20) for _ in range(references)],
+            candidates=[random_text(rng, 1, 30) for _ in range(candidates)],
+        )
+        for _ in range(n)
+    ]
+
+
+def test_shared_rows_score_like_separate_sequences(scorer):
+    assert takes_attention_masks(scorer.model) and scorer.share_prefix
+    plain = PolarScorer(scorer.model, scorer.tokenizer, share_prefix=False, batch_tokens=4096)
+    rng = random.Random(3)
+    requests = _requests(rng, 5, candidates=6) + _requests(rng, 3, candidates=2, references=3)
+    requests.append(ScoreRequest("same", ["same reference"], ["twice", "twice", "once"]))
+    sequences = [s for r in requests for s in scorer.encode(r).sequences]
+    rows, _ = plan_shared_rows(sequences, scorer.min_shared_prefix, scorer.shared_row_tokens)
+    assert sum(len(r.members) for r in rows) > len(sequences) // 2  # the test exercises shared rows
+    shared = scorer.forward_sequences(sequences)
+    alone = plain.forward_sequences(sequences)
+    assert shared == pytest.approx(alone, abs=TOL)
+    assert len(set(alone)) > len(sequences) // 2, "a random non-zero head must tell sequences apart"
+    one_by_one = [plain.forward_sequences([s])[0] for s in sequences[:12]]
+    assert shared[:12] == pytest.approx(one_by_one, abs=TOL)
