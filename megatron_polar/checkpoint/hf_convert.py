@@ -314,15 +314,21 @@ def import_hf(
 
 @torch.no_grad()
 def load_hf_model(
-    hf_dir: str | Path, *, precision: str = "auto", device: str = "cpu", require_head: bool = True
+    hf_dir: str | Path,
+    *,
+    precision: str = "auto",
+    device: str = "cpu",
+    require_head: bool = True,
+    transformer_impl: str | None = None,
 ) -> tuple[PolarConfig, torch.nn.Module, str]:
     """Build the reward model of an HF directory in this process, without writing a checkpoint.
 
     The same checks and tensor mapping as :func:`import_hf` (either layout); the special token ids come
     from ``config.json``. Returns ``(config, model in eval mode, layout name)``. ``require_head`` refuses
     a directory without a reward head (``score.weight`` / ``v_head.weight``), whose rewards would all be 0.
+    ``transformer_impl`` picks the layer spec (default ``auto``: Transformer Engine when it is usable).
     """
-    from megatron_polar.model.standalone import build_single
+    from megatron_polar.model.standalone import build_single, with_transformer_impl
 
     hf_dir = Path(hf_dir)
     hf, reader, layout, model_cfg = _open_hf(hf_dir)
@@ -333,6 +339,7 @@ def load_hf_model(
             "reward model; import it with import-hf and train it first"
         )
     cfg = _single_process_cfg(model_cfg, _hf_precision(hf, precision), 1234, device)
+    cfg = with_transformer_impl(cfg, transformer_impl)
     model = build_single(cfg, device)
     _copy_hf_weights(model, reader, layout, shape, "zeros", 1234)
     log.info("loaded %s (%s layout, %s) in memory", hf_dir, layout.name, cfg.train.precision)

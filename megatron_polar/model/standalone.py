@@ -48,12 +48,30 @@ def build_single(cfg: PolarConfig, device: str = "auto") -> PolarRewardModel:
     return model
 
 
+def with_transformer_impl(cfg: PolarConfig, impl: str | None) -> PolarConfig:
+    """``cfg`` built with ``impl`` (``auto``, ``transformer_engine`` or ``local``; None keeps the saved one).
+
+    Checkpoints load into either spec: the local spec maps its norm names onto Transformer Engine's.
+    FP8 is dropped for ``local``, whose layers have no FP8 kernels.
+    """
+    if impl is None:
+        return cfg
+    if impl not in ("auto", "transformer_engine", "local"):
+        raise ValueError(f"transformer_impl must be auto, transformer_engine or local, got {impl!r}")
+    fp8 = None if impl == "local" else cfg.model.fp8
+    return replace(cfg, model=replace(cfg.model, transformer_impl=impl, fp8=fp8))
+
+
 def load_checkpoint_model(
-    path: str, precision: str | None = "fp32", device: str = "auto"
+    path: str, precision: str | None = "fp32", device: str = "auto", transformer_impl: str | None = None
 ) -> tuple[PolarConfig, PolarRewardModel]:
-    """The config and the full model of a megatron_polar checkpoint (any saved layout), in eval mode."""
+    """The config and the full model of a megatron_polar checkpoint (any saved layout), in eval mode.
+
+    ``transformer_impl`` overrides the saved ``model.transformer_impl`` (see :func:`with_transformer_impl`).
+    """
     ckpt = manager.resolve(path)
     cfg = single_process_config(from_yaml(manager.read_config_yaml(ckpt)), precision)
+    cfg = with_transformer_impl(cfg, transformer_impl)
     model = build_single(cfg, device)
     manager.load(ckpt, [model])
     model.eval()

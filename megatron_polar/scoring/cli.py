@@ -35,6 +35,13 @@ def add_scorer_args(parser: argparse.ArgumentParser) -> None:
         "--max-length", type=int, default=None, help="longest sequence (default: min(16384, model))"
     )
     g.add_argument(
+        "--transformer-impl",
+        default=None,
+        choices=("auto", "local", "transformer_engine"),
+        help="layer spec (default: the checkpoint's, auto for an HF directory); local takes shared-prefix "
+        "rows on a GPU too",
+    )
+    g.add_argument(
         "--share-prefix",
         default="auto",
         choices=("auto", "on", "off"),
@@ -78,5 +85,6 @@ def scorer_from_args(args: argparse.Namespace, max_batch_sequences: int = 64) ->
         device=args.device,
         precision=args.precision,
         normalizer=args.normalize,
+        transformer_impl=args.transformer_impl,
         **options,
     )

@@ -162,6 +162,7 @@ class PolarScorer:
         device: str = "auto",
         precision: str | None = None,
         normalizer: RewardNormalizer | str | os.PathLike | None = None,
+        transformer_impl: str | None = None,
         **options: Any,
     ) -> PolarScorer:
         """Load a megatron_polar checkpoint (any saved layout) for scoring in this process.
@@ -172,13 +173,17 @@ class PolarScorer:
             device: ``auto`` (GPU when present), ``cpu`` or ``cuda``.
             precision: ``fp32`` | ``bf16`` | ``fp16``; default bf16 on a GPU and fp32 on the CPU.
             normalizer: a :class:`RewardNormalizer` or the path of its JSON.
+            transformer_impl: layer spec, overriding the checkpoint's: ``auto`` (Transformer Engine when
+                usable), ``transformer_engine`` or ``local`` (PyTorch SDPA; takes shared-prefix rows).
             options: keyword arguments of :class:`PolarScorer` (``batch_tokens``, ``max_length``, ...).
         """
         from megatron_polar.model.standalone import load_checkpoint_model
 
         device = _default_device(device)
         precision = precision or ("bf16" if device == "cuda" else "fp32")
-        cfg, model = load_checkpoint_model(str(path), precision=precision, device=device)
+        cfg, model = load_checkpoint_model(
+            str(path), precision=precision, device=device, transformer_impl=transformer_impl
+        )
         tok = _load_tokenizer(tokenizer)
         _check_tokenizer(cfg, tok)
         return cls._finish_load(cfg, model, tok, path, normalizer, options, "checkpoint")
@@ -191,6 +196,7 @@ class PolarScorer:
         device: str = "auto",
         precision: str | None = None,
         normalizer: RewardNormalizer | str | os.PathLike | None = None,
+        transformer_impl: str | None = None,
         **options: Any,
     ) -> PolarScorer:
         """Load an exported Hugging Face directory (``llama`` or ``internlm2`` format) for scoring.
@@ -204,7 +210,9 @@ class PolarScorer:
 
         device = _default_device(device)
         precision = precision or ("bf16" if device == "cuda" else "fp32")
-        cfg, model, layout = load_hf_model(directory, precision=precision, device=device)
+        cfg, model, layout = load_hf_model(
+            directory, precision=precision, device=device, transformer_impl=transformer_impl
+        )
         tok = _load_tokenizer(tokenizer) if tokenizer is not None else _hf_tokenizer(directory, cfg)
         _check_tokenizer(cfg, tok)
         return cls._finish_load(cfg, model, tok, directory, normalizer, options, f"{layout} HF export")

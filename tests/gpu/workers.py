@@ -31,3 +31,36 @@ def te_packed_vs_padded(overrides: list[str]) -> dict:
             "head_grad": model.reward_head.weight.grad.float().cpu(),
         }
     return out
+
+
+def scoring_local_vs_te(root: str) -> dict:
+    """Rewards of one bf16 checkpoint scored with the TE spec, and with the local spec in shared-prefix
+    rows and in plain rows, on one GPU."""
+    import random
+
+    from megatron_polar.checkpoint import manager
+    from megatron_polar.config import to_yaml
+    from megatron_polar.model.standalone import load_checkpoint_model
+    from megatron_polar.scoring.scorer import PolarScorer
+
+    cfg = load_config(["model.transformer_impl=transformer_engine", "train.precision=bf16"])
+    topology.initialize(cfg.parallel, seed=1234)
+    [model] = build_model_chunks(cfg)
+    with torch.no_grad():
+        model.reward_head.weight.normal_(0, 0.3)
+    manager.save(root, 1, [model], config_yaml=to_yaml(cfg))
+    rng = random.Random(0)
+    sequences = []
+    for _ in range(3):  # three groups of four candidates sharing a 60-token prefix
+        prefix = [rng.randrange(1, 500) for _ in range(60)]
+        sequences += [prefix + [rng.randrange(1, 500) for _ in range(rng.randint(5, 30))] for _ in range(4)]
+    out = {}
+    for name, impl, share in (
+        ("te", "transformer_engine", None),
+        ("shared", "local", True),
+        ("plain", "local", False),
+    ):
+        _, m = load_checkpoint_model(root, precision="bf16", device="cuda", transformer_impl=impl)
+        scorer = PolarScorer(m, tokenizer=None, share_prefix=share)
+        out[name] = {"share_prefix": scorer.share_prefix, "rewards": scorer.forward_sequences(sequences)}
+    return out

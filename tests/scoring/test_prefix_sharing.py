@@ -110,3 +110,26 @@ def test_shared_rows_score_like_separate_sequences(scorer):
     assert len(set(alone)) > len(sequences) // 2, "a random non-zero head must tell sequences apart"
     one_by_one = [plain.forward_sequences([s])[0] for s in sequences[:12]]
     assert shared[:12] == pytest.approx(one_by_one, abs=TOL)
+
+
+def test_transformer_impl_overrides_the_checkpoint(checkpoint_path, tokenizer_path, scorer):
+    from megatron_polar.config import ConfigError, load_config
+    from megatron_polar.model.standalone import with_transformer_impl
+
+    local = PolarScorer.from_checkpoint(
+        checkpoint_path, tokenizer_path, device="cpu", transformer_impl="local", batch_tokens=4096
+    )
+    assert local.share_prefix
+    assert local.score("a prompt", "the reference", ["one", "two"]) == scorer.score(
+        "a prompt", "the reference", ["one", "two"]
+    )
+    with pytest.raises(ConfigError, match="transformer_impl=transformer_engine"):
+        PolarScorer.from_checkpoint(
+            checkpoint_path, tokenizer_path, device="cpu", transformer_impl="transformer_engine"
+        )
+    with pytest.raises(ValueError, match="got 'te'"):
+        PolarScorer.from_checkpoint(checkpoint_path, tokenizer_path, device="cpu", transformer_impl="te")
+    cfg = load_config(["model.fp8=hybrid"])
+    assert with_transformer_impl(cfg, "local").model.fp8 is None  # no FP8 kernels in the local spec
+    assert with_transformer_impl(cfg, "auto").model.fp8 == "hybrid"
+    assert with_transformer_impl(cfg, None) is cfg
