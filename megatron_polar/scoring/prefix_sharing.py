@@ -91,11 +91,13 @@ def collate_shared_rows(
     rows: Sequence[SharedRow],
     pad_multiple: int = 1,
     pad_id: int = 0,
+    device: torch.device | str = "cpu",
 ) -> tuple[RewardBatch, list[int]]:
     """The batch of ``rows`` (right-padded to the widest) and the sequence index of each reward.
 
     ``reward_index`` is ``[n, 1]``, one entry per member at its last token, in the order of the returned
-    indices.
+    indices. The ``[rows, 1, s, s]`` mask is built on ``device`` from per-token segment ids, so only
+    ``[rows, s]`` tensors cross to an accelerator.
     """
     if not rows:
         raise ValueError("collate_shared_rows needs at least one row")
@@ -119,8 +121,8 @@ def collate_shared_rows(
             at += n
             ends.append(r * width + at - 1)
             owners.append(i)
-    seg = torch.from_numpy(segment)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    seg = torch.from_numpy(segment).to(device)
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
     seg_q, seg_k = seg[:, :, None], seg[:, None, :]
     visible = causal & ((seg_k == 0) | (seg_k == seg_q))  # padding (-1) sees itself: no empty rows
     return (

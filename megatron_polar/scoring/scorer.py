@@ -292,7 +292,9 @@ class PolarScorer:
             )
             self._run(batch, idx, rewards)
         for plan in self._plan([r.width for r in rows]):
-            batch, idx = collate_shared_rows(sequences, [rows[j] for j in plan], self.pad_multiple)
+            batch, idx = collate_shared_rows(
+                sequences, [rows[j] for j in plan], self.pad_multiple, device=self.device
+            )
             self._run(batch, idx, rewards)
         return rewards
 
