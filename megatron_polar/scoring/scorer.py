@@ -33,7 +33,7 @@ from megatron_polar.model.reward_model import PolarRewardModel, RewardBatch
 from megatron_polar.parallel import cpu_backend
 from megatron_polar.scoring.collate import collate_sequences, plan_micro_batches
 from megatron_polar.scoring.normalizer import RewardNormalizer
-from megatron_polar.scoring.prefix_sharing import collate_shared_rows, plan_shared_rows
+from megatron_polar.scoring.prefix_sharing import attention_weight, collate_shared_rows, plan_shared_rows
 from megatron_polar.scoring.requests import ScoreRequest, Text, as_text, as_text_list, parse_row
 from megatron_polar.utils.logging import get_logger
 
@@ -150,6 +150,7 @@ class PolarScorer:
         self.share_prefix = share_prefix
         self.min_shared_prefix = min_shared_prefix
         self.shared_row_tokens = shared_row_tokens
+        self.attention_weight = attention_weight(model.config)
         self.normalizer = normalizer
         self.name = name
 
@@ -282,7 +283,9 @@ class PolarScorer:
     def _forward_sequences(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         rewards = [0.0] * len(sequences)
         if self.share_prefix:
-            rows, alone = plan_shared_rows(sequences, self.min_shared_prefix, self.shared_row_tokens)
+            rows, alone = plan_shared_rows(
+                sequences, self.min_shared_prefix, self.shared_row_tokens, self.attention_weight
+            )
         else:
             rows, alone = [], list(range(len(sequences)))
         for plan in self._plan([len(sequences[i]) for i in alone]):

@@ -8,6 +8,7 @@ import pytest
 
 from megatron_polar.model.builder import takes_attention_masks
 from megatron_polar.scoring.prefix_sharing import (
+    attention_weight,
     collate_shared_rows,
     common_prefix_length,
     plan_shared_rows,
@@ -67,6 +68,35 @@ def test_plan_respects_the_row_budget():
     assert all(r.width <= 100 for r in rows)
     assert sorted([i for r in rows for i in r.members] + alone) == list(range(12))
     assert len(rows) > 1  # the group was split, each row with its own copy of the prefix
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [
+        # tiny: h 64, 4 heads of 16, 2 KV groups, SwiGLU ffn 176 -> 4*64 / (2*64*(64+64) + 2*64*64 + 2*64*3*176)
+        ("tiny", 256 / 92160),
+        # POLAR-7B: h 4096, 32 heads of 128, 8 KV groups, SwiGLU ffn 14336
+        ("polar_7b", 4 * 4096 / (2 * 4096 * (4096 + 2048) + 2 * 4096 * 4096 + 2 * 4096 * 3 * 14336)),
+    ],
+)
+def test_attention_weight_counts_flops(preset, expected):
+    from megatron_polar.config import load_config
+    from megatron_polar.config.to_mcore import transformer_config
+
+    cfg = load_config([f"model={preset}"])
+    assert attention_weight(transformer_config(cfg, use_te=False, on_gpu=False)) == pytest.approx(expected)
+
+
+def test_plan_does_not_share_when_the_longer_row_costs_more():
+    prefix = list(range(1000, 1100))  # 100 shared tokens before 1,900 of their own
+    seqs = [prefix + [i] * 1900 for i in range(2)]
+    rows, alone = plan_shared_rows(seqs, min_prefix=16, max_row_tokens=8192, attention_weight=0.0)
+    assert len(rows) == 1 and alone == []  # counting tokens only, sharing saves 100
+    rows, alone = plan_shared_rows(seqs, min_prefix=16, max_row_tokens=8192, attention_weight=1 / 360)
+    assert rows == [] and alone == [0, 1]  # the masked 3,900-token row pays 4x the attention
+    short = [prefix + [i] * 20 for i in range(4)]
+    rows, _ = plan_shared_rows(short, min_prefix=16, max_row_tokens=8192, attention_weight=1 / 360)
+    assert len(rows) == 1 and len(rows[0].members) == 4  # mostly shared: still one row
 
 
 def test_collate_shared_rows_layout():
