@@ -65,6 +65,32 @@ def test_openrlhf_protocol(server, scorer):
     )
 
 
+def test_openrlhf_grpo_groups_share_rows_and_score_like_one_query_at_a_time(server, scorer):
+    from megatron_polar.scoring.prefix_sharing import plan_shared_rows
+
+    rng = random.Random(11)
+    prompts, queries, labels = [], [], []
+    for _ in range(2):  # two prompts, four rollouts each, as a GRPO trainer sends them
+        prompt, label = random_text(rng, 15, 25), random_text(rng, 10, 20)
+        for _ in range(4):
+            response = " " + random_text(rng, 1, 12)
+            prompts.append(prompt)
+            queries.append(prompt + response)
+            labels.append(label)
+    rewards = openrlhf_get_reward(server.url + "/get_reward", queries, prompts, labels)
+    one_by_one = [scorer.score(p, lab, [q[len(p) :]])[0] for p, q, lab in zip(prompts, queries, labels)]
+    assert rewards == pytest.approx(one_by_one, abs=1e-5)
+    encoded = [
+        s
+        for p, q, lab in zip(prompts, queries, labels)
+        for s in scorer.encode(_req(p, [lab], [q[len(p) :]])).sequences
+    ]
+    rows, _ = plan_shared_rows(
+        encoded, scorer.min_shared_prefix, scorer.shared_row_tokens, scorer.attention_weight
+    )
+    assert sorted(len(r.members) for r in rows) == [4, 4]  # each group is scored in one shared row
+
+
 def _req(prompt, refs, cands):
     from megatron_polar.scoring.requests import ScoreRequest
 
