@@ -96,7 +96,8 @@ def plan_shared_rows(
     if min_prefix < 1:
         raise ValueError(f"min_prefix must be >= 1, got {min_prefix}")
     w = attention_weight
-    order = sorted(range(len(sequences)), key=lambda i: list(sequences[i]))
+    sequences = [s if isinstance(s, list) else list(s) for s in sequences]  # tuples, arrays: compare as lists
+    order = sorted(range(len(sequences)), key=lambda i: sequences[i])
     runs: list[tuple[list[int], int, int, float]] = []  # (members, prefix, member tokens, cost)
     for i in order:
         n = len(sequences[i])

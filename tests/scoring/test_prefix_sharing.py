@@ -59,6 +59,8 @@ def test_plan_groups_shared_prefixes_and_covers_every_sequence():
         assert r.width == r.prefix + sum(len(seqs[i]) - r.prefix for i in r.members)
     assert alone == [3, 6]
     assert plan_shared_rows(seqs, min_prefix=16) == (rows, alone)  # depends only on the inputs
+    mixed = [tuple(s) if i % 2 else s for i, s in enumerate(seqs)]  # lists and tuples compare by value
+    assert plan_shared_rows(mixed, min_prefix=16) == (rows, alone)
 
 
 def test_plan_respects_the_row_budget():
