@@ -15,13 +15,18 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from megatron_polar.scoring.batcher import DynamicBatcher
+from megatron_polar.scoring.chat_template import ChatTemplate, RolloutParser
 from megatron_polar.scoring.requests import RequestError
 from megatron_polar.scoring.service import RewardService
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+# An OpenRLHF batch of 1,024 rollouts with 8k-token responses and 8k-token labels is about 70 MB of
+# ASCII JSON; JSON escapes of non-ASCII text (\uXXXX) can triple that.
+DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
+_READ_CHUNK = 1 << 20
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -60,23 +65,63 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._error(HTTPStatus.NOT_FOUND, f"no endpoint {self.path}; try /score, /get_reward, /health")
 
+    def _too_large(self, size: str) -> RequestError:
+        self.close_connection = True  # the rest of the body stays unread: the connection cannot be reused
+        return RequestError(
+            f"request body of {size} exceeds the limit of {self.server.max_body_bytes} bytes; start the "
+            "server with a larger --max-body-bytes, or send fewer rollouts per request",
+            status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        )
+
+    def _read_fixed(self, n: int) -> bytes:
+        """``n`` bytes read in chunks, so that a slow or truncated upload fails cleanly."""
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.rfile.read(min(_READ_CHUNK, n - len(buf)))
+            if not chunk:
+                self.close_connection = True
+                raise RequestError(f"request body ended after {len(buf)} of {n} bytes")
+            buf += chunk
+        return bytes(buf)
+
+    def _read_chunked(self) -> bytes:
+        """A ``Transfer-Encoding: chunked`` body, refused as soon as it passes the limit."""
+        buf = bytearray()
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                self.close_connection = True
+                raise RequestError(f"bad chunk size line {line[:40]!r}") from None
+            if size == 0:
+                while self.rfile.readline(1024).strip():  # trailers, up to the blank line
+                    pass
+                return bytes(buf)
+            if len(buf) + size > self.server.max_body_bytes:
+                raise self._too_large(f"more than {len(buf) + size} bytes (chunked)")
+            buf += self._read_fixed(size)
+            self.rfile.readline(1024)  # the CRLF after each chunk
+
     def _read_json(self) -> Any:
-        length = self.headers.get("Content-Length")
-        if length is None:
-            self.close_connection = True
-            raise RequestError("missing Content-Length header", status=HTTPStatus.LENGTH_REQUIRED)
-        try:
-            n = int(length)
-        except ValueError:
-            self.close_connection = True
-            raise RequestError(f"bad Content-Length {length!r}") from None
-        if n > self.server.max_body_bytes:
-            self.close_connection = True  # the body stays unread: this connection cannot be reused
-            raise RequestError(
-                f"request body of {n} bytes exceeds the limit of {self.server.max_body_bytes} bytes",
-                status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-            )
-        raw = self.rfile.read(n)
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raw = self._read_chunked()
+        else:
+            length = self.headers.get("Content-Length")
+            if length is None:
+                self.close_connection = True
+                raise RequestError(
+                    "missing Content-Length header (or Transfer-Encoding: chunked)",
+                    status=HTTPStatus.LENGTH_REQUIRED,
+                )
+            try:
+                n = int(length)
+            except ValueError:
+                self.close_connection = True
+                raise RequestError(f"bad Content-Length {length!r}") from None
+            if n > self.server.max_body_bytes:
+                raise self._too_large(f"{n} bytes")
+            raw = self._read_fixed(n)
         try:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -182,12 +227,24 @@ def build_server(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     on_prompt_mismatch: str = "error",
     idle_timeout_s: float = 5.0,
+    chat_templates: list[ChatTemplate] | None = None,
+    reference_free: bool = False,
+    request_timeout_s: float = 300.0,
 ) -> PolarRewardServer:
-    """A bound (not yet serving) server for ``scorer`` with its dynamic batcher; port 0 picks a free one."""
-    from megatron_polar.scoring.batcher import DynamicBatcher
+    """A bound (not yet serving) server for ``scorer`` with its dynamic batcher; port 0 picks a free one.
 
+    ``chat_templates`` are tried before the built-in ChatML and Llama-3 ones on ``/get_reward`` texts;
+    ``reference_free`` scores empty labels against an empty reference instead of refusing them.
+    """
     batcher = DynamicBatcher(scorer.forward_sequences, max_batch=max_batch, max_wait_ms=max_wait_ms)
-    service = RewardService(scorer, batcher, on_prompt_mismatch=on_prompt_mismatch)
+    service = RewardService(
+        scorer,
+        batcher,
+        on_prompt_mismatch=on_prompt_mismatch,
+        request_timeout_s=request_timeout_s,
+        rollout_parser=RolloutParser(chat_templates),
+        reference_free=reference_free,
+    )
     try:
         return PolarRewardServer(service, host, port, max_body_bytes, idle_timeout_s)
     except OSError:

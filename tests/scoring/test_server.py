@@ -126,9 +126,12 @@ BAD = [
     ),
     ("/get_reward", {"query": "ab", "prompts": ["a"], "labels": ["x"]}, None, 400, "'query' must be a list"),
     ("/get_reward", {"query": [5], "prompts": ["a"], "labels": ["x"]}, None, 400, "query[0]"),
-    ("/get_reward", {"query": ["zzz"], "prompts": ["a"], "labels": ["x"]}, None, 400, "does not start with"),
+    ("/get_reward", {"query": ["zzz"], "prompts": ["a"], "labels": ["x"]}, None, 400, "does not contain"),
+    ("/get_reward", {"query": ["ab"], "prompts": ["a"], "labels": [""]}, None, 400, "--data.label_key"),
+    ("/get_reward", {"query": ["ab"], "prompts": ["a"], "labels": [None]}, None, 400, "--label_key"),
+    ("/get_reward", {"query": ["ab"], "prompts": ["a"]}, None, 400, "--data.label_key"),
     ("/nowhere", {}, None, 404, "no endpoint"),
-    ("/score", None, b"x" * (64 * 1024 + 1), 413, "exceeds the limit"),
+    ("/score", None, b"x" * (64 * 1024 + 1), 413, "--max-body-bytes"),
 ]
 
 
