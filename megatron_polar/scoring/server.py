@@ -27,6 +27,9 @@ log = get_logger(__name__)
 # ASCII JSON; JSON escapes of non-ASCII text (\uXXXX) can triple that.
 DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
 _READ_CHUNK = 1 << 20
+# An oversized body up to this size is read and discarded before the 413, so that the client gets the
+# answer instead of a connection reset in the middle of its upload; a larger one is cut off.
+_DRAIN_BYTES = 1 << 30
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -66,12 +69,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.NOT_FOUND, f"no endpoint {self.path}; try /score, /get_reward, /health")
 
     def _too_large(self, size: str) -> RequestError:
-        self.close_connection = True  # the rest of the body stays unread: the connection cannot be reused
+        self.close_connection = True  # whatever was not drained stays unread: no reuse of this connection
         return RequestError(
             f"request body of {size} exceeds the limit of {self.server.max_body_bytes} bytes; start the "
             "server with a larger --max-body-bytes, or send fewer rollouts per request",
             status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
         )
+
+    def _discard(self, n: int) -> None:
+        while n > 0 and (chunk := self.rfile.read(min(_READ_CHUNK, n))):
+            n -= len(chunk)
 
     def _read_fixed(self, n: int) -> bytes:
         """``n`` bytes read in chunks, so that a slow or truncated upload fails cleanly."""
@@ -99,9 +106,24 @@ class _Handler(BaseHTTPRequestHandler):
                     pass
                 return bytes(buf)
             if len(buf) + size > self.server.max_body_bytes:
+                self._drain_chunks(len(buf), size)
                 raise self._too_large(f"more than {len(buf) + size} bytes (chunked)")
             buf += self._read_fixed(size)
             self.rfile.readline(1024)  # the CRLF after each chunk
+
+    def _drain_chunks(self, seen: int, size: int) -> None:
+        """Discard the rest of a chunked body (up to the drain cap), the current chunk of ``size`` first."""
+        while 0 < size and seen + size <= _DRAIN_BYTES:
+            self._discard(size)
+            seen += size
+            self.rfile.readline(1024)
+            try:
+                size = int(self.rfile.readline(1024).split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                return
+        if size == 0:
+            while self.rfile.readline(1024).strip():
+                pass
 
     def _read_json(self) -> Any:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -120,6 +142,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 raise RequestError(f"bad Content-Length {length!r}") from None
             if n > self.server.max_body_bytes:
+                if n <= _DRAIN_BYTES:
+                    self._discard(n)
                 raise self._too_large(f"{n} bytes")
             raw = self._read_fixed(n)
         try:
