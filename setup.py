@@ -25,6 +25,7 @@ setup(
         "psutil>=5.9",
         "zstandard>=0.22",
         "tqdm>=4.66",
+        "jinja2>=3.1",  # the reward server reads policies' chat templates
         "tensorboard>=2.15",
         "wandb>=0.17",
     ],
