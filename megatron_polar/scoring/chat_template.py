@@ -132,7 +132,7 @@ class ChatTemplate:
         source: the Jinja template text.
         name: where it came from (logs, errors, ``/health``).
         special_tokens: ``bos_token`` / ``eos_token`` strings the template may use; a missing one matches
-            any text in prompts.
+            one token-like text (``<s>``, ``<|begin_of_text|>``, ``[BOS]``) or nothing in prompts.
         end_markers: strings that end a response (EOS, end of turn); stripped from its end, with the
             template's own end of an assistant turn and :data:`COMMON_EOS`.
     """
@@ -365,6 +365,7 @@ class RolloutParser:
         names = {t.name for t in templates}
         templates += [ChatTemplate.builtin(n) for n in BUILTIN if n not in names]
         self.templates = templates
+        log.info("chat templates taken off /get_reward texts, in order: %s", ", ".join(self.names))
         self._parse = functools.lru_cache(maxsize=cache_size)(self._parse_uncached)
 
     @property

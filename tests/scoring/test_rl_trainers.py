@@ -175,3 +175,15 @@ def test_bodies_over_the_configured_limit_get_413_naming_the_flag(scorer):
         assert post(srv.url + "/score", {"prompt": "p", "reference": "r", "candidates": ["c"]})[0] == 200
     finally:
         srv.stop()
+
+
+def test_health_lists_templates_and_serve_refuses_a_bad_template_spec(server, tmp_path):
+    from megatron_polar.serve import main
+    from tests.scoring.client import get
+
+    status, body = get(server.url + "/health")
+    assert (
+        status == 200 and body["chat_templates"] == ["chatml", "llama3"] and body["reference_free"] is False
+    )
+    with pytest.raises(SystemExit, match="--chat-template .*not a built-in"):
+        main(["--model", str(tmp_path), "--chat-template", str(tmp_path / "missing")])
