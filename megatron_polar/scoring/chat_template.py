@@ -270,7 +270,7 @@ class ChatTemplate:
 
         Shapes are tried with more and more turns: a shape with fewer turns than the prompt also matches
         (its groups swallow whole turns), one with more does not, so the last level that matches is the
-        prompt's. At one level, with and without a system message may both match; the one whose template
+        prompt's, and a prompt that no one-turn shape matches is not in this template. At one level, with and without a system message may both match; the one whose template
         text covers more of the prompt wins, so that a system message the template inserts by itself
         (Qwen2.5) is not taken for content, and one it folds into the first turn (Llama-2) is.
         """
@@ -278,9 +278,8 @@ class ChatTemplate:
         for turns in range(1, _MAX_TURNS + 1):
             found = [m for m in (self._match(False, turns, prompt), self._match(True, turns, prompt)) if m]
             if not found:
-                if best is not None:
-                    break
-                continue
+                break  # past the prompt's turns, or (at one turn) not this template: the one-turn shape's
+                # content group would have swallowed any number of turns
             best = min(found, key=lambda m: sum(len(c) for c in m[0]))  # least text left as content
         return best
 
