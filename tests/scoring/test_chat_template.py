@@ -144,3 +144,17 @@ def test_bad_template_specs_name_the_problem(tmp_path):
     bad.write_text("{% for m in messages %}")
     with pytest.raises(ChatTemplateError, match="bad.jinja: invalid Jinja"):
         ChatTemplate.load(str(bad))
+
+
+def test_long_conversations_parse_to_every_turn():
+    tok = make_policy_tokenizer("llama3")
+    messages = [{"role": "system", "content": "Be brief ."}]
+    for k in range(20):
+        messages += [
+            {"role": "user", "content": f"Question {k} ?"},
+            {"role": "assistant", "content": f"Answer {k} ."},
+        ]
+    messages.append({"role": "user", "content": "Last one ?"})
+    query, prompt, decoded = openrlhf_rollout(tok, messages, RESPONSES[0])
+    rollout = RolloutParser().split(query, prompt)
+    assert rollout.prompt == _contents(messages) and rollout.response == decoded
