@@ -85,8 +85,8 @@ def _is_polar_vocab(sp) -> bool:
 def added_tokens_of(directory: Path) -> dict[int, str]:
     """Id -> name of the added tokens of the tokenizer in ``directory`` (see the module docstring)."""
     config = directory / "tokenizer_config.json"
-    if config.is_file():
-        decoder = read_json(config).get("added_tokens_decoder") or {}
+    decoder = (read_json(config).get("added_tokens_decoder") or {}) if config.is_file() else {}
+    if decoder:
         try:
             return {int(i): entry["content"] for i, entry in decoder.items()}
         except (KeyError, TypeError, ValueError) as exc:
@@ -281,14 +281,12 @@ def export_tokenizer(
     config = tokenizer_config(fmt, added, roles, base)
     if (out_dir / "tokenizer.model").is_file():
         _write_fast_from_model(out_dir, added, bool(config["add_bos_token"]))
-    elif fmt == "internlm2" or base.get("tokenizer_class") in (None, "", "InternLM2Tokenizer"):
-        # Only tokenizer.json: there is no slow tokenizer, so the generic fast class reads it.
+    else:
+        # Only tokenizer.json: there is no slow tokenizer, and the generic fast class reads the file as
+        # it is (a model-specific class may rebuild its own pipeline in transformers 5).
         config.pop("auto_map", None)
         config.pop("legacy", None)
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    else:
-        config["tokenizer_class"] = base["tokenizer_class"]
-        config.pop("legacy", None)
     write_json(config_path, config)
     special_map = {
         key: config[key] for key in ("bos_token", "eos_token", "unk_token", "pad_token") if config.get(key)
