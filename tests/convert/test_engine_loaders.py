@@ -131,3 +131,31 @@ def test_exported_wqkv_splits_back_into_the_source_projections_in_each_engine(wo
     assert set(ours) == set(
         exported_names(TrunkShape(fx.LAYERS, fx.HIDDEN, fx.HEADS, fx.KV_HEADS, fx.FFN, fx.VOCAB))
     )
+
+
+def test_released_dynamic_rope_scaling_leaves_vllm_and_our_remote_code_exact_but_not_sglang():
+    """``rope_scaling: dynamic x2`` as released, read by each engine's RoPE-base rule for short inputs.
+
+    vLLM 0.33.0 ``rotary_embedding/__init__.py`` lines 224-227 (``max_trained_positions`` defaults to
+    ``max_position``) and ``dynamic_ntk_scaling_rope.py`` lines 58-65; SGLang 0.5.23
+    ``rotary_embedding/rope_variant.py`` lines 880-887 (``max_len = max_position * factor``, applied
+    to every position). docs/conversion.md gives SGLang the override.
+    """
+    from megatron_polar.checkpoint.remote_code.configuration_internlm2 import InternLM2Config
+    from megatron_polar.checkpoint.remote_code.modeling_internlm2 import rope_base
+
+    theta, factor, max_pos, head_dim = 5e7, 2.0, 262144, 128
+    exponent = head_dim / (head_dim - 2)
+    vllm_base = theta * ((factor * max_pos / max_pos) - (factor - 1)) ** exponent
+    sglang_base = theta * ((factor * (max_pos * factor) / max_pos) - (factor - 1)) ** exponent
+    assert vllm_base == theta
+    assert sglang_base / theta > 3.0  # every position rotates differently in SGLang
+    cfg = InternLM2Config(
+        hidden_size=4096,
+        num_attention_heads=32,
+        rope_theta=theta,
+        max_position_embeddings=max_pos,
+        rope_scaling={"type": "dynamic", "factor": factor},
+    )
+    assert rope_base(cfg, 16384) == theta and rope_base(cfg, max_pos) == theta
+    assert rope_base(cfg, 2 * max_pos) == theta * (2 * factor - (factor - 1)) ** exponent
