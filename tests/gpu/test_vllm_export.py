@@ -41,7 +41,9 @@ def test_vllm_scores_an_internlm2_export_like_our_model(tmp_path):
     with torch.no_grad():
         ours = model(collate_padded([(s, s) for s in seqs], max(map(len, seqs))))[:, 0]
 
-    llm = vllm.LLM(model=str(out), trust_remote_code=True, dtype="float32", enforce_eager=True, max_model_len=512)
+    llm = vllm.LLM(
+        model=str(out), trust_remote_code=True, dtype="float32", enforce_eager=True, max_model_len=512
+    )
     outputs = llm.encode([{"prompt_token_ids": s} for s in seqs], pooling_task="token_classify")
     # Token-wise pooling (default ALL for InternLM2ForRewardModel): one score per token; the reward is the last.
     theirs = torch.tensor([float(o.outputs.data.reshape(-1)[-1]) for o in outputs])
