@@ -47,8 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export-hf", help="megatron_polar checkpoint (any layout) -> HF directory")
     exp.add_argument("--checkpoint", required=True, help="checkpoint directory or root (newest complete)")
     exp.add_argument("--output", required=True, help="HF directory to create")
-    exp.add_argument("--format", choices=["llama", "internlm2"], default="llama")
-    exp.add_argument("--tokenizer", help="tokenizer directory, tokenizer.json or tokenizer.model to copy")
+    exp.add_argument(
+        "--format",
+        choices=["llama", "internlm2"],
+        default="llama",
+        help="llama: stock LlamaForSequenceClassification; internlm2: the released POLAR layout "
+        "(InternLM2ForRewardModel) with this project's remote code, for trust_remote_code, vLLM, SGLang, lmdeploy",
+    )
+    exp.add_argument(
+        "--tokenizer",
+        help="tokenizer directory, tokenizer.json or tokenizer.model (a .model also gets a checked tokenizer.json)",
+    )
     exp.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: the checkpoint's precision")
     exp.add_argument("--max-shard-size", default="4GB", help="safetensors shard size (e.g. 4GB, 500MB)")
     exp.add_argument("--pad-token-id", type=int, help="pad id for last-token pooling (llama format)")

@@ -7,7 +7,8 @@
 * :func:`export_hf` loads a checkpoint saved at any layout into one process and streams it, tensor by
   tensor, into HF safetensors shards in the ``llama`` (``LlamaForSequenceClassification``, stock
   transformers / vLLM / SGLang) or ``internlm2`` (``InternLM2ForRewardModel``, the released POLAR format)
-  layout, with ``config.json`` and the tokenizer, into a temporary directory renamed into place at the end.
+  layout, with ``config.json``, the tokenizer files (:mod:`hf_tokenizer`) and, for ``internlm2``, this
+  project's remote code (:mod:`remote_code`), into a temporary directory renamed into place at the end.
 
 Choices: the LM head of a causal LM is dropped (the reward model has none), so tied embeddings import
 fine. A source without a reward head (``score.weight`` / ``v_head.weight``) gets a zero head by default:
@@ -19,6 +20,7 @@ N(0, 1/hidden) instead.
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,6 +50,7 @@ from megatron_polar.checkpoint.hf_tokenizer import (
     export_tokenizer,
     resolve_token,
 )
+from megatron_polar.checkpoint.remote_code import REMOTE_CODE_DIR, REMOTE_CODE_FILES
 from megatron_polar.config import ConfigError, to_yaml
 from megatron_polar.config.schema import ModelConfig, PolarConfig, TrainConfig
 from megatron_polar.config.validate import validate_model
@@ -377,6 +380,7 @@ def _llama_config(m: ModelConfig, dtype: str, pad_id: int, vocab: TokenVocab | N
         mlp_bias=False,
         tie_word_embeddings=False,
         num_labels=1,
+        problem_type="regression",  # raw score: vLLM's classify pooler applies a sigmoid otherwise
         pad_token_id=pad_id,
         bos_token_id=vocab.id_of(vocab.bos_token) if vocab else None,
         eos_token_id=vocab.id_of(vocab.eos_token) if vocab else None,
@@ -391,7 +395,12 @@ def _llama_config(m: ModelConfig, dtype: str, pad_id: int, vocab: TokenVocab | N
 
 
 def _internlm2_config(m: ModelConfig, dtype: str, vocab: TokenVocab | None) -> dict:
-    """Config of the released POLAR checkpoints (``InternLM2ForRewardModel`` remote code)."""
+    """Config of the released POLAR checkpoints (``InternLM2ForRewardModel`` remote code).
+
+    ``rope_scaling`` is the released dynamic x2: it changes nothing up to ``max_position_embeddings``
+    (where our model is exact) and lets the remote code and the engines extrapolate past it as POLAR-7B
+    does; lmdeploy also reads the key unguarded when it is present.
+    """
     ids = {
         k: vocab.id_of(getattr(vocab, k)) if vocab else None for k in ("bos_token", "eos_token", "pad_token")
     }
@@ -400,6 +409,7 @@ def _internlm2_config(m: ModelConfig, dtype: str, vocab: TokenVocab | None) -> d
         "auto_map": {
             "AutoConfig": "configuration_internlm2.InternLM2Config",
             "AutoModel": "modeling_internlm2.InternLM2ForRewardModel",
+            "AutoModelForSequenceClassification": "modeling_internlm2.InternLM2ForRewardModel",
         },
         "model_type": "internlm2",
         "attn_implementation": "eager",
@@ -416,10 +426,13 @@ def _internlm2_config(m: ModelConfig, dtype: str, vocab: TokenVocab | None) -> d
         "num_hidden_layers": m.num_layers,
         "num_key_value_heads": m.num_query_groups,
         "pretraining_tp": 1,
+        # vLLM applies a sigmoid to a pooled score unless problem_type is "regression".
+        "num_labels": 1,
+        "problem_type": "regression",
         "reward_token_id": m.reward_token_id,
         "split_token_id": m.split_token_id,
         "rms_norm_eps": m.norm_epsilon,
-        "rope_scaling": None,
+        "rope_scaling": {"type": "dynamic", "factor": 2.0},
         "rope_theta": m.rotary_base,
         "tie_word_embeddings": False,
         "torch_dtype": _DTYPE_NAME[dtype],
@@ -480,7 +493,10 @@ def export_hf(
             writer.add(hf_name, build())
         files = writer.finish()
         special = {"reward_token": m.reward_token_id, "split_token": m.split_token_id}
-        vocab = export_tokenizer(tokenizer, tmp, special) if tokenizer is not None else None
+        vocab = export_tokenizer(tokenizer, tmp, special, fmt) if tokenizer is not None else None
+        if fmt == "internlm2":
+            for name in REMOTE_CODE_FILES:
+                shutil.copyfile(REMOTE_CODE_DIR / name, tmp / name)
         if fmt == "llama":
             config = _llama_config(m, dtype, _pad_token_id(pad_token_id, vocab, m.reward_token_id), vocab)
         else:

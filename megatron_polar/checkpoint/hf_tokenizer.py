@@ -1,17 +1,27 @@
-"""Tokenizer files beside a conversion: resolve POLAR special tokens and record them in an export.
+"""Tokenizer files beside a conversion: resolve POLAR special tokens and write an export's tokenizer.
 
 A tokenizer source is a directory of HF tokenizer files, a ``tokenizer.json`` (``tokenizers``) or a
-sentencepiece ``tokenizer.model``. Only the two ids matter to the converter: the split token between the
-reference and the candidate half (``<|reward|>`` in POLAR-7B) and the reward token whose hidden state is
-scored (``[UNUSED_TOKEN_130]``, id 92527).
+sentencepiece ``tokenizer.model``. Two ids matter to the converter: the split token between the
+reference and the candidate half (``<|reward|>``, id 92397 in POLAR-7B) and the reward token whose hidden
+state is scored (``[UNUSED_TOKEN_130]``, id 92527).
+
+Names come from ``tokenizer_config.json`` (``added_tokens_decoder``) when the source has one. A bare
+InternLM2 ``.model`` names id 92397 ``[UNUSED_TOKEN_0]``; for that vocabulary the released POLAR-7B
+mapping (:data:`POLAR_ADDED_TOKENS`) is applied, so an export records ``<|reward|>`` either way.
+
+An export with a sentencepiece model gets both tokenizers: ``tokenizer.model`` for the slow one and a
+``tokenizer.json`` built from it (:mod:`hf_fast_tokenizer`) for the fast one, checked to give the same ids
+on POLAR-shaped probe strings before anything is written.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
+from megatron_polar.checkpoint.hf_fast_tokenizer import build_fast_tokenizer, write_fast_tokenizer
 from megatron_polar.checkpoint.hf_io import ConversionError, read_json, write_json
 from megatron_polar.utils.logging import get_logger
 
@@ -28,6 +38,66 @@ TOKENIZER_FILES = (
     "generation_config.json",
 )
 
+# The released POLAR-7B tokenizer_config.json's added_tokens_decoder (id -> name); every entry is special.
+POLAR_ADDED_TOKENS = {
+    0: "<unk>",
+    1: "<s>",
+    2: "</s>",
+    92397: "<|reward|>",
+    92538: "<|plugin|>",
+    92539: "<|interpreter|>",
+    92540: "<|action_end|>",
+    92541: "<|action_start|>",
+    92542: "<|im_end|>",
+    92543: "<|im_start|>",
+}
+# Pieces that identify the InternLM2 vocabulary in a bare tokenizer.model.
+_POLAR_VOCAB_SIZE = 92544
+_POLAR_MARKERS = {92397: "[UNUSED_TOKEN_0]", 92527: "[UNUSED_TOKEN_130]"}
+
+# POLAR-shaped strings on which the fast tokenizer must give the sentencepiece ids (boundary cases of
+# the released format: leading newlines, CRLF and tabs, special-token text, unicode, runs of spaces).
+PROBE_TEXTS = (
+    "What is 2+2?\nThe answer is 4.<|reward|>What is 2+2?\n4",
+    "prompt\n\n\nreference starts with newlines<|reward|>prompt\n\ncandidate",
+    "  leading spaces\tand\ttabs\r\nCRLF line<|reward|>  leading spaces\n    indented code()\n",
+    "special text inside: <|im_end|> and <|im_start|>assistant\n<s></s>[UNUSED_TOKEN_130]",
+    "中文内容，标点。Ünïcödé ＡＢＣ ａｂｃ 😀 emoji\u00a0nbsp\u3000ideographic space",
+    "",
+    " ",
+    "\n",
+    "x" * 300 + " " * 17 + "y",
+)
+
+
+def _sentencepiece(path: Path):
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_file=str(path))
+
+
+def _is_polar_vocab(sp) -> bool:
+    return sp.get_piece_size() == _POLAR_VOCAB_SIZE and all(
+        sp.id_to_piece(i) == piece for i, piece in _POLAR_MARKERS.items()
+    )
+
+
+def added_tokens_of(directory: Path) -> dict[int, str]:
+    """Id -> name of the added tokens of the tokenizer in ``directory`` (see the module docstring)."""
+    config = directory / "tokenizer_config.json"
+    decoder = (read_json(config).get("added_tokens_decoder") or {}) if config.is_file() else {}
+    if decoder:
+        try:
+            return {int(i): entry["content"] for i, entry in decoder.items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConversionError(f"{config}: malformed added_tokens_decoder entry ({exc})") from exc
+    if (directory / "tokenizer.model").is_file():
+        sp = _sentencepiece(directory / "tokenizer.model")
+        if _is_polar_vocab(sp):
+            return dict(POLAR_ADDED_TOKENS)
+        return {i: sp.id_to_piece(i) for i in (sp.unk_id(), sp.bos_id(), sp.eos_id()) if i >= 0}
+    return {}
+
 
 class TokenVocab:
     """Two-way lookup between token strings and ids for the tokenizer files in one directory."""
@@ -39,22 +109,22 @@ class TokenVocab:
         self.bos_token: str | None = None
         self.eos_token: str | None = None
         if (directory / "tokenizer.model").is_file():
-            import sentencepiece as spm
-
-            sp = spm.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
+            sp = _sentencepiece(directory / "tokenizer.model")
             for i in range(sp.get_piece_size()):
                 self._add(sp.id_to_piece(i), i)
+            self.bos_token = sp.id_to_piece(sp.bos_id()) if sp.bos_id() >= 0 else None
+            self.eos_token = sp.id_to_piece(sp.eos_id()) if sp.eos_id() >= 0 else None
         if (directory / "tokenizer.json").is_file():
             from tokenizers import Tokenizer
 
             tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
             for text, i in tok.get_vocab(with_added_tokens=True).items():
                 self._add(text, i)
+        for i, name in added_tokens_of(directory).items():
+            self._add(name, i)  # last: a name from the config wins over the model's piece
         config = directory / "tokenizer_config.json"
         if config.is_file():
             cfg = read_json(config)
-            for i, entry in (cfg.get("added_tokens_decoder") or {}).items():
-                self._add(entry["content"], int(i))
             for key in ("pad_token", "bos_token", "eos_token"):
                 value = cfg.get(key)
                 value = value.get("content") if isinstance(value, dict) else value
@@ -106,8 +176,6 @@ def _copy_sources(source: Path, out_dir: Path) -> None:
         shutil.copyfile(source, out_dir / name)
         return
     copied = [f for f in TOKENIZER_FILES if (source / f).is_file()]
-    # Remote-code tokenizers (InternLM2) ship their Python module beside the files.
-    copied += [p.name for p in source.glob("tokenization_*.py")]
     if not any(f in copied for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         raise ConversionError(f"no tokenizer.json, tokenizer.model or vocab.json in {source}")
     for f in copied:
@@ -125,39 +193,105 @@ def _special_entry(token: str) -> dict:
     }
 
 
-def export_tokenizer(source: str | Path, out_dir: Path, special_ids: dict[str, int | None]) -> TokenVocab:
-    """Copy the tokenizer of ``source`` into ``out_dir`` and register the POLAR special tokens.
+def reference_ids(sp, added: dict[int, str], text: str, add_bos: bool) -> list[int]:
+    """What an HF slow tokenizer over ``sp`` gives: text split at added tokens, each piece by sentencepiece."""
+    by_name = {name: i for i, name in added.items()}
+    # Longest names first, so that a name containing another is matched whole.
+    pattern = "|".join(re.escape(n) for n in sorted(by_name, key=len, reverse=True))
+    ids = [sp.bos_id()] if add_bos else []
+    for chunk in re.split(f"({pattern})", text) if pattern else [text]:
+        if chunk in by_name:
+            ids.append(by_name[chunk])
+        elif chunk:
+            ids.extend(sp.encode(chunk))
+    return ids
 
-    ``special_ids`` maps a role (``reward_token``, ``split_token``) to its id. Each token present in the
-    vocabulary is added to ``added_tokens_decoder`` and ``additional_special_tokens`` (so that it is never
-    split) and its string is recorded under the role's name in ``tokenizer_config.json``.
+
+def _write_fast_from_model(out_dir: Path, added: dict[int, str], add_bos: bool) -> None:
+    """Build ``tokenizer.json`` from ``tokenizer.model`` and check it against sentencepiece."""
+    model = out_dir / "tokenizer.model"
+    sp = _sentencepiece(model)
+    renamed = {i: name for i, name in added.items() if sp.id_to_piece(i) != name}
+    fast = build_fast_tokenizer(model, renamed, set(added), add_bos)
+    for text in PROBE_TEXTS:
+        want = reference_ids(sp, added, text, add_bos)
+        got = fast.encode(text).ids
+        if got != want:
+            raise ConversionError(
+                f"the tokenizer.json built from {model} gives other ids than sentencepiece for {text!r}: "
+                f"{got[:12]}... vs {want[:12]}..."
+            )
+    write_fast_tokenizer(fast, out_dir / "tokenizer.json")
+
+
+def tokenizer_config(fmt: str, added: dict[int, str], roles: dict[str, str], base: dict) -> dict:
+    """``tokenizer_config.json`` of an export: the released POLAR layout for ``internlm2``."""
+    config = {k: v for k, v in base.items() if k not in ("auto_map", "tokenizer_class")}
+    config["added_tokens_decoder"] = {str(i): _special_entry(added[i]) for i in sorted(added)}
+    extra = [t["content"] if isinstance(t, dict) else t for t in base.get("additional_special_tokens") or []]
+    extra += [name for name in roles.values() if name not in extra]
+    config["additional_special_tokens"] = extra
+    config.update(roles)
+    config.setdefault("add_bos_token", True)
+    config.setdefault("add_eos_token", False)
+    config.setdefault("clean_up_tokenization_spaces", False)
+    if fmt == "internlm2":
+        config["tokenizer_class"] = "InternLM2Tokenizer"
+        config["auto_map"] = {
+            "AutoTokenizer": [
+                "tokenization_internlm2.InternLM2Tokenizer",
+                "tokenization_internlm2_fast.InternLM2TokenizerFast",
+            ]
+        }
+        config.setdefault("decode_with_prefix_space", False)
+    else:
+        # The generic fast class loads our tokenizer.json as it is in transformers 4 and 5, where
+        # "LlamaTokenizer(Fast)" rebuilds the pipeline (with a prefix space) or converts the .model again.
+        # LlamaTokenizer.from_pretrained(dir, legacy=True, add_prefix_space=False) is the slow twin.
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config["legacy"] = True
+        config.pop("add_prefix_space", None)
+    return config
+
+
+def export_tokenizer(
+    source: str | Path, out_dir: Path, special_ids: dict[str, int | None], fmt: str = "llama"
+) -> TokenVocab:
+    """Write the tokenizer of ``source`` into ``out_dir`` for an export in format ``fmt``.
+
+    ``special_ids`` maps a role (``reward_token``, ``split_token``) to its id. Each is registered as a
+    special added token (never split) and its name is recorded under the role in
+    ``tokenizer_config.json``. With a ``tokenizer.model`` a checked ``tokenizer.json`` is (re)built.
     """
     source = Path(source)
     _copy_sources(source, out_dir)
+    added = added_tokens_of(out_dir)
     vocab = TokenVocab(out_dir)
-    config_path, map_path = out_dir / "tokenizer_config.json", out_dir / "special_tokens_map.json"
-    config = read_json(config_path) if config_path.is_file() else {}
-    if not config.get("tokenizer_class"):
-        fast = (out_dir / "tokenizer.json").is_file()
-        config["tokenizer_class"] = "PreTrainedTokenizerFast" if fast else "LlamaTokenizer"
-    special_map = read_json(map_path) if map_path.is_file() else {}
-    added = config.setdefault("added_tokens_decoder", {})
-    extra = [
-        t["content"] if isinstance(t, dict) else t for t in special_map.get("additional_special_tokens") or []
-    ]
+    roles = {}
     for role, token_id in special_ids.items():
         if token_id is None:
             continue
-        token = vocab.token_of(token_id)
-        if token is None:
+        name = added.get(token_id) or vocab.token_of(token_id)
+        if name is None:
             raise ConversionError(f"{role}_id {token_id} is not in the tokenizer of {source}")
-        added.setdefault(str(token_id), _special_entry(token))
-        config[role] = token
-        if token not in extra:
-            extra.append(token)
-    special_map["additional_special_tokens"] = extra
-    config["additional_special_tokens"] = extra
+        added[token_id] = name
+        roles[role] = name
+    config_path = out_dir / "tokenizer_config.json"
+    base = read_json(config_path) if config_path.is_file() else {}
+    config = tokenizer_config(fmt, added, roles, base)
+    if (out_dir / "tokenizer.model").is_file():
+        _write_fast_from_model(out_dir, added, bool(config["add_bos_token"]))
+    else:
+        # Only tokenizer.json: there is no slow tokenizer, and the generic fast class reads the file as
+        # it is (a model-specific class may rebuild its own pipeline in transformers 5).
+        config.pop("auto_map", None)
+        config.pop("legacy", None)
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
     write_json(config_path, config)
-    write_json(map_path, special_map)
-    log.info("tokenizer from %s with special tokens %s", source, json.dumps(special_ids))
-    return vocab
+    special_map = {
+        key: config[key] for key in ("bos_token", "eos_token", "unk_token", "pad_token") if config.get(key)
+    }
+    special_map["additional_special_tokens"] = config["additional_special_tokens"]
+    write_json(out_dir / "special_tokens_map.json", special_map)
+    log.info("tokenizer from %s with special tokens %s", source, json.dumps(roles))
+    return TokenVocab(out_dir)

@@ -40,3 +40,12 @@ def causal_ckpt(work, causal_dir):
 @pytest.fixture(scope="session")
 def seqcls_ckpt(work, seqcls_dir):
     return import_hf(seqcls_dir, work / "ck-seqcls", reward_token=fx.REWARD_TOKEN, split_token=fx.SPLIT_TOKEN)
+
+
+@pytest.fixture(scope="session")
+def polar_vocab_ckpt(work):
+    """A tiny random reward model over the InternLM2 vocabulary (92,544 ids), imported from a Llama dir."""
+    hf = fx.save_llama(work / "hf-polar-vocab", seq_cls=True, seed=7, vocab_size=fx.POLAR_VOCAB, layers=2)
+    return import_hf(
+        hf, work / "ck-polar-vocab", reward_token=fx.POLAR_REWARD_ID, split_token=fx.POLAR_SPLIT_ID
+    )

@@ -11,19 +11,22 @@ from safetensors.torch import load_file, save_file
 HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB = 64, 4, 4, 2, 176, 256
 PAD_ID, SPLIT_ID, REWARD_ID = 0, 254, 255
 SPLIT_TOKEN, REWARD_TOKEN = "<|reward|>", "[UNUSED_TOKEN_130]"
+# The released InternLM2 tokenizer (tests/fixtures/polar7b-tokenizer) and its POLAR ids.
+POLAR_TOKENIZER = Path(__file__).resolve().parents[1] / "fixtures" / "polar7b-tokenizer"
+POLAR_VOCAB, POLAR_SPLIT_ID, POLAR_REWARD_ID = 92544, 92397, 92527
 
 
-def llama_config(**extra):
+def llama_config(vocab_size: int = VOCAB, layers: int = LAYERS, **extra):
     from transformers import LlamaConfig
 
     extra.setdefault("tie_word_embeddings", False)
     return LlamaConfig(
         hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
+        num_hidden_layers=layers,
         num_attention_heads=HEADS,
         num_key_value_heads=KV_HEADS,
         intermediate_size=FFN,
-        vocab_size=VOCAB,
+        vocab_size=vocab_size,
         rope_theta=10000.0,
         max_position_embeddings=512,
         rms_norm_eps=1e-5,
@@ -40,11 +43,12 @@ def _randomise(model: torch.nn.Module, seed: int) -> None:
             p.copy_(torch.randn(p.shape, generator=gen) * 0.1 + (1.0 if p.dim() == 1 else 0.0))
 
 
-def save_llama(out: Path, seq_cls: bool, seed: int) -> Path:
+def save_llama(out: Path, seq_cls: bool, seed: int, vocab_size: int = VOCAB, layers: int = LAYERS) -> Path:
     """A random ``LlamaForCausalLM`` (or ``LlamaForSequenceClassification`` with one label) in ``out``."""
     from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
-    cfg = llama_config(num_labels=1) if seq_cls else llama_config()
+    shape = {"vocab_size": vocab_size, "layers": layers}
+    cfg = llama_config(num_labels=1, **shape) if seq_cls else llama_config(**shape)
     model = LlamaForSequenceClassification(cfg) if seq_cls else LlamaForCausalLM(cfg)
     _randomise(model, seed)
     model.save_pretrained(out, safe_serialization=True)
