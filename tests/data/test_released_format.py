@@ -311,11 +311,17 @@ def test_scorer_scores_the_reference_ids(ref_tok, polar_tok, expected):
 
     from megatron_polar.config import load_config
     from megatron_polar.model.standalone import build_single
+    from megatron_polar.scoring.prefix_sharing import plan_shared_rows
     from megatron_polar.scoring.requests import ScoreRequest
     from megatron_polar.scoring.scorer import PolarScorer
 
     cfg = load_config(
-        ["train.precision=fp32", "model.num_layers=1", f"model.vocab_size={polar_tok.vocab_size}"]
+        [
+            "train.precision=fp32",
+            "model.num_layers=1",
+            "model.transformer_impl=local",
+            f"model.vocab_size={polar_tok.vocab_size}",
+        ]
     )
     torch.manual_seed(0)
     model = build_single(cfg, "cpu")
@@ -335,8 +341,20 @@ def test_scorer_scores_the_reference_ids(ref_tok, polar_tok, expected):
             else:
                 assert ids == expected[name][k], (name, cand_key)
     assert "truncation_chosen_rejected_differ" in pair_cut_differs and "plain" not in pair_cut_differs
-    # What the scorer scores is what the model sees for the built ids.
+    # What the scorer scores is what the model sees for the built ids; with shared-prefix rows the
+    # whole-string ids of a request's candidates share their longest common prefix and score the same.
     f = flat_row(CASES["leading_newlines"])
-    scores = scorer.score(f["prompt"], f["reference"], [f["chosen"]])
-    direct = scorer.forward_sequences([expected["leading_newlines"][0]])
-    assert scores[0] == pytest.approx(direct[0], abs=1e-6)
+    cands = [f["chosen"], f["rejected"], f["reference"]]
+    sequences = scorer.encode(ScoreRequest(f["prompt"], [f["reference"]], cands)).sequences
+    shared = PolarScorer(
+        model, polar_tok, max_length=MAX_LENGTH, max_response_length=MAX_RESPONSE, min_shared_prefix=4
+    )
+    alone = PolarScorer(
+        model, polar_tok, max_length=MAX_LENGTH, max_response_length=MAX_RESPONSE, share_prefix=False
+    )
+    assert shared.share_prefix  # the local spec takes explicit masks
+    rows, _ = plan_shared_rows(sequences, 4, 4096, 0.0)
+    assert rows and rows[0].prefix > sequences[0].index(92397)  # past the split token
+    got = shared.score(f["prompt"], f["reference"], cands)
+    want = alone.forward_sequences([expected["leading_newlines"][0], expected["leading_newlines"][1]])
+    assert got[:2] == pytest.approx(want, abs=1e-5)
