@@ -2,7 +2,7 @@
 
 Measures, on one synthetic corpus and one sentencepiece model trained here:
 
-* raw: single-core ``tokenizer.encode`` over exactly the texts the build encodes (prompt + "\\n",
+* raw: single-core ``tokenizer.encode_with_bos`` over exactly the texts the build measures (prompt,
   reference, chosen, rejected of each row), in tokens/s;
 * build with 1 and 2 workers: tokens produced by ``encode`` per second of build time (JSON parsing,
   validation, assembly, shard writing and merging included), as a ratio to raw (targets 0.8x / 1.6x);
