@@ -102,7 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="triples JSONL -> megatron indexed pair dataset + manifest")
     p.add_argument("inputs", nargs="+", help="triples JSONL files (.jsonl, .jsonl.gz, .jsonl.zst)")
     p.add_argument("-o", "--output-prefix", required=True, help="writes <prefix>.bin/.idx/.manifest.json")
-    p.add_argument("--tokenizer", required=True, help="sentencepiece .model or HF tokenizer.json")
+    p.add_argument(
+        "--tokenizer",
+        required=True,
+        help="sentencepiece .model, HF tokenizer.json, or a directory (tokenizer_config.json honoured)",
+    )
     p.add_argument(
         "--split-token", default=DEFAULT_SPLIT_TOKEN, help="split token name (default: %(default)s)"
     )
