@@ -5,7 +5,8 @@ Measures, on one synthetic corpus and one sentencepiece model trained here:
 * raw: single-core ``tokenizer.encode_with_bos`` over exactly the texts the build measures (prompt,
   reference, chosen, rejected of each row), in tokens/s;
 * build with 1 and 2 workers: tokens produced by ``encode`` per second of build time (JSON parsing,
-  validation, assembly, shard writing and merging included), as a ratio to raw (targets 0.8x / 1.6x);
+  validation, the released decode and whole-string re-encode, shard writing and merging included), as a
+  ratio to raw (about 0.35-0.42x per worker: the released algorithm tokenizes most text about 3 times);
   and the tokens written per second (prompt and reference appear in both sequences, so this is higher);
 * peak RSS of the main process and of each worker for the 20k-row input and a 5x larger one.
 
