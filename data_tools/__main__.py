@@ -102,7 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="triples JSONL -> megatron indexed pair dataset + manifest")
     p.add_argument("inputs", nargs="+", help="triples JSONL files (.jsonl, .jsonl.gz, .jsonl.zst)")
     p.add_argument("-o", "--output-prefix", required=True, help="writes <prefix>.bin/.idx/.manifest.json")
-    p.add_argument("--tokenizer", required=True, help="sentencepiece .model or HF tokenizer.json")
+    p.add_argument(
+        "--tokenizer",
+        required=True,
+        help="sentencepiece .model, HF tokenizer.json, or a directory (tokenizer_config.json honoured)",
+    )
     p.add_argument(
         "--split-token", default=DEFAULT_SPLIT_TOKEN, help="split token name (default: %(default)s)"
     )
@@ -150,11 +154,18 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="manifest stats and decoded samples of a built dataset")
     p.add_argument("prefix")
-    p.add_argument("-n", "--samples", type=int, default=3, help="pairs to decode (default: %(default)s)")
-    p.add_argument("--start", type=int, default=0, help="first pair to decode")
+    p.add_argument(
+        "-n", "--samples", type=int, help="pairs to show (default: 3 decoded; every pair with --json)"
+    )
+    p.add_argument("--start", type=int, default=0, help="first pair to show")
     p.add_argument("--tokenizer", help="override the tokenizer path recorded in the manifest")
     p.add_argument("--max-chars", type=int, default=400, help="characters shown per half-sequence")
-    p.add_argument("--json", action="store_true", help="print the manifest as JSON instead")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object per pair: {"pair", "chosen_ids", "rejected_ids"}, the ids the model sees',
+    )
+    p.add_argument("--manifest", action="store_true", help="print the manifest as JSON instead")
     return ap
 
 
@@ -223,14 +234,20 @@ def _run(args: argparse.Namespace) -> None:
             )
         )
     elif args.command == "inspect":
-        if args.json:
+        if args.manifest:
             from megatron_polar.data.contract import read_manifest
 
             print(json.dumps(read_manifest(args.prefix), indent=2, ensure_ascii=False))
+        elif args.json:
+            from data_tools.inspect_dataset import pair_records
+
+            for record in pair_records(args.prefix, args.start, args.samples):
+                sys.stdout.write(json.dumps(record) + "\n")
         else:
             from data_tools.inspect_dataset import inspect
 
-            print(inspect(args.prefix, args.samples, args.tokenizer, args.max_chars, args.start))
+            samples = 3 if args.samples is None else args.samples
+            print(inspect(args.prefix, samples, args.tokenizer, args.max_chars, args.start))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data_tools.records import BadRows, RecordError, parse_line, validate_triple
-from megatron_polar.data.format import assemble_sequence, prompt_text
+from megatron_polar.data.format import encode_pair
 from megatron_polar.data.tokenizer import PolarTokenizer
 
 TRUNCATION_KEYS = ("prompt", "reference", "chosen", "rejected")
@@ -44,7 +44,7 @@ class ChunkResult:
     rows: int = 0
     pairs: int = 0
     tokens: int = 0  # tokens written (both sequences, specials included)
-    encoded_tokens: int = 0  # tokens produced by tokenizer.encode (each text encoded once)
+    encoded_tokens: int = 0  # ids of the four measured segments (BOS included), before truncation
     truncated: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TRUNCATION_KEYS, 0))
     bad: BadRows = field(default_factory=BadRows)
     error: RecordError | None = None  # strict mode: the first bad row
@@ -70,7 +70,6 @@ def encode_chunk(task: tuple[int, list[tuple[int, int, bytes | None]]]) -> Chunk
     prefix = os.path.join(s.shard_dir, f"chunk-{chunk_id:08d}")
     result = ChunkResult(chunk_id, prefix, bad=BadRows(max_examples=s.max_examples), pid=os.getpid())
     builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.dtype(s.dtype).type)
-    ids = (tok.bos_id, tok.split_token_id, tok.reward_token_id)
     for file_no, line_no, raw in lines:
         result.rows += 1
         location = f"{s.paths[file_no]}:{line_no}"
@@ -83,28 +82,26 @@ def encode_chunk(task: tuple[int, list[tuple[int, int, bytes | None]]]) -> Chunk
                 break
             result.bad.add(e)
             continue
-        p = tok.encode(prompt_text(triple.prompt, triple.wrapper))
-        r = tok.encode(triple.reference)
-        c = tok.encode(triple.chosen)
-        j = tok.encode(triple.rejected)
-        kw = dict(
-            bos_id=ids[0],
-            split_id=ids[1],
-            reward_id=ids[2],
+        chosen, rejected = encode_pair(
+            tok,
+            triple.prompt,
+            triple.reference,
+            triple.chosen,
+            triple.rejected,
             max_length=s.max_length,
             max_response_length=s.max_response_length,
+            wrapper=triple.wrapper,
         )
-        seq_c, info_c = assemble_sequence(p, r, c, **kw)
-        seq_r, info_r = assemble_sequence(p, r, j, **kw)
+        seq_c, seq_r = chosen.ids, rejected.ids
         builder.add_document(np.asarray(seq_c + seq_r), [len(seq_c), len(seq_r)])
         result.pairs += 1
         result.tokens += len(seq_c) + len(seq_r)
-        result.encoded_tokens += len(p) + len(r) + len(c) + len(j)
+        result.encoded_tokens += sum(chosen.measured) + rejected.measured[2]
         t = result.truncated
-        t["prompt"] += bool(info_c.prompt_dropped or info_r.prompt_dropped)
-        t["reference"] += bool(info_c.reference_dropped)
-        t["chosen"] += bool(info_c.candidate_dropped)
-        t["rejected"] += bool(info_r.candidate_dropped)
+        t["prompt"] += bool(chosen.info.prompt_dropped)
+        t["reference"] += bool(chosen.info.reference_dropped)
+        t["chosen"] += bool(chosen.info.candidate_dropped)
+        t["rejected"] += bool(rejected.info.candidate_dropped)
     builder.finalize(prefix + ".idx")
     result.peak_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return result

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -64,6 +64,21 @@ def summary_lines(ds: PairDataset) -> list[str]:
             f"dropped {p['dropped_fraction']:.4%}"
         )
     return lines
+
+
+def pair_records(prefix: str, start: int = 0, count: int | None = None) -> Iterator[dict]:
+    """``{"pair", "chosen_ids", "rejected_ids"}`` for ``count`` pairs from ``start`` (all when None).
+
+    The ids are exactly what the model sees (BOS first, reward token last), so they can be diffed
+    against another implementation of the POLAR format.
+    """
+    ds = open_pair_dataset(prefix)
+    if start < 0:
+        raise ValueError(f"--start must be >= 0, got {start}")
+    end = len(ds) if count is None else min(len(ds), start + count)
+    for i in range(start, end):
+        chosen, rejected = ds.pair(i)
+        yield {"pair": i, "chosen_ids": chosen.tolist(), "rejected_ids": rejected.tolist()}
 
 
 def inspect(

@@ -307,11 +307,15 @@ class Triple:
 
 
 def validate_triple(row: dict) -> Triple:
-    """Check a ``{"prompt","reference","chosen","rejected"[, "wrapper"]}`` row and flatten it."""
+    """Check a ``{"prompt","reference","chosen","rejected"[, "wrapper"]}`` row and flatten it.
+
+    Responses may be empty or blank: the released training code takes them (and writes no ``"\n"``
+    before an empty one), so a rollout that produced nothing still trains as released.
+    """
     return Triple(
         prompt=require_text(row, "prompt"),
-        reference=require_text(row, "reference"),
-        chosen=require_text(row, "chosen"),
-        rejected=require_text(row, "rejected"),
+        reference=require_text(row, "reference", allow_empty=True),
+        chosen=require_text(row, "chosen", allow_empty=True),
+        rejected=require_text(row, "rejected", allow_empty=True),
         wrapper=optional_str(row, "wrapper"),
     )

@@ -4,8 +4,11 @@ A dataset is three files under one prefix:
 
 * ``<prefix>.bin`` / ``<prefix>.idx``: a megatron-core indexed dataset. Each *document* is one pair and
   holds exactly ``SEQUENCES_PER_PAIR = 2`` sequences: index 0 the chosen sequence, index 1 the rejected
-  sequence. Each sequence is a complete POLAR sequence (see ``megatron_polar.data.format``): it starts
-  with BOS and its last token is the reward token. Tokens are ``uint16`` when the vocabulary has fewer
+  sequence. Each sequence is a complete POLAR sequence, the ids of the whole POLAR string as the
+  released training code tokenizes it (see ``megatron_polar.data.format``): it starts with BOS (when the
+  tokenizer adds one) and its last token is the reward token. Chosen and rejected of a pair are cut to
+  one prompt length, so they share their ids up to the candidate; :func:`shared_prefix_length` gives
+  the exact shared length (the longest common prefix of the two id arrays). Tokens are ``uint16`` when the vocabulary has fewer
   than 65500 ids, else ``int32`` (megatron's ``DType.optimal_dtype``).
 * ``<prefix>.manifest.json``: provenance, tokenizer ids, limits, counts and statistics. It is written
   last, so a dataset without a manifest is an incomplete build.
@@ -23,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 FORMAT_NAME = "polar-pairs"
-FORMAT_VERSION = 1
+# 2: whole-string ids of the released algorithm (1 joined per-segment ids, and is refused: rebuild).
+FORMAT_VERSION = 2
 SEQUENCES_PER_PAIR = 2
 CHOSEN, REJECTED = 0, 1  # sequence index within a pair document
 _SAMPLED_CHECKS = 16  # pairs whose last tokens are checked on open
@@ -67,6 +71,7 @@ def read_manifest(prefix: str) -> dict:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DatasetError(
             f"{path}: format version {manifest.get('format_version')!r}, this code reads {FORMAT_VERSION}"
+            " (version 2 holds the released whole-string ids: rebuild with python -m data_tools build)"
         )
     return manifest
 
@@ -100,6 +105,20 @@ class PairDataset:
     def reward_token_id(self) -> int:
         """The id every sequence ends with."""
         return int(self.manifest["tokenizer"]["reward_token_id"])
+
+
+def shared_prefix_length(chosen: np.ndarray, rejected: np.ndarray) -> int:
+    """Length of the longest common prefix of two sequences' ids, each keeping at least its last token.
+
+    With whole-string ids this is where chosen and rejected first differ (usually inside the
+    candidate half, past ``[bos] P R [split] P``): a shared-prefix computation may compute that many
+    positions once per pair.
+    """
+    n = min(len(chosen), len(rejected)) - 1
+    if n <= 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(chosen[:n]) != np.asarray(rejected[:n]))
+    return int(diff[0]) if diff.size else n
 
 
 def open_pair_dataset(prefix: str, check_samples: int = _SAMPLED_CHECKS) -> PairDataset:

@@ -1,7 +1,9 @@
 """Shared-prefix rows: score sequences that start with the same tokens without recomputing that start.
 
 A POLAR sequence is ``[bos] P R [split] P C [reward]``, so the candidates of one request (a GRPO group,
-OpenRLHF's rollouts of one prompt) differ only in ``C``: everything before it is shared. A shared row
+OpenRLHF's rollouts of one prompt) differ only in ``C``: everything before it is shared. The ids are the
+whole POLAR string's (``megatron_polar.data.format``), where the ``"\n"`` before ``C`` may merge with
+``C``'s first characters, so the shared part is taken as the longest common prefix of the ids. A shared row
 holds that prefix once, followed by each member's own suffix::
 
     [ prefix (p tokens) | suffix 1 | suffix 2 | ... ]      positions 0..p-1 | p..len1-1 | p..len2-1 | ...

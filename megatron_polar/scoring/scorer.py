@@ -6,8 +6,9 @@
     scorer.score(prompt, reference, ["answer A", "answer B"])          # -> [r_A, r_B]
     scorer.score_detailed(prompt, None, cands, references=[r1, r2])    # mean/std/min/max per candidate
 
-Each (reference, candidate) pair becomes the released POLAR sequence (``assemble_sequence``); the prompt
-and the references are encoded once per request. All sequences of a call are scored together in
+Each (reference, candidate) pair becomes the released POLAR sequence (``encode_candidates``, the same
+encoder ``data_tools build`` uses, each sequence on its own prompt length); the prompt, the references and
+the candidates are measured once per request. All sequences of a call are scored together in
 length-sorted micro-batches bounded by a token budget, and results come back in the caller's order.
 Sequences that start alike (the candidates of one prompt and reference) share one row that computes
 their common prefix once (``prefix_sharing``), with the local attention spec.
@@ -27,7 +28,7 @@ from typing import Any
 
 import torch
 
-from megatron_polar.data.format import assemble_sequence, prompt_text
+from megatron_polar.data.format import MIN_PROMPT_ROOM, RESERVED_TOKENS, encode_candidates
 from megatron_polar.model.builder import takes_attention_masks
 from megatron_polar.model.reward_model import PolarRewardModel, RewardBatch
 from megatron_polar.parallel import cpu_backend
@@ -134,7 +135,9 @@ class PolarScorer:
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.max_length = max_length
-        self.max_response_length = min(max_response_length, (max_length - 4) // 2)
+        self.max_response_length = min(
+            max_response_length, (max_length - RESERVED_TOKENS - MIN_PROMPT_ROOM) // 2
+        )
         self.batch_tokens = batch_tokens
         self.max_batch_sequences = max_batch_sequences
         # Rounding lengths up only helps GPU kernels; on the CPU every padded token is wasted compute.
@@ -249,26 +252,29 @@ class PolarScorer:
 
     # ------------------------------------------------------------------ encoding
     def encode(self, request: ScoreRequest) -> EncodedRequest:
-        """Token sequences for every (candidate, reference) pair; prompt and references encoded once."""
-        tok = self.tokenizer
-        prompt_ids = tok.encode(prompt_text(request.prompt, request.wrapper))
-        ref_ids = [tok.encode(r) for r in request.references]
+        """Token sequences for every (candidate, reference) pair, candidate-major.
+
+        Each sequence follows the released training algorithm for one candidate, so a candidate's ids do
+        not depend on the other candidates of the request.
+        """
+        per_ref = [
+            encode_candidates(
+                self.tokenizer,
+                request.prompt,
+                ref,
+                request.candidates,
+                max_length=self.max_length,
+                max_response_length=self.max_response_length,
+                wrapper=request.wrapper,
+                shared_prompt=False,
+            )
+            for ref in request.references
+        ]
         sequences, truncated = [], []
-        for cand in request.candidates:
-            cand_ids = tok.encode(cand)
-            for ref in ref_ids:
-                ids, info = assemble_sequence(
-                    prompt_ids,
-                    ref,
-                    cand_ids,
-                    bos_id=tok.bos_id,
-                    split_id=tok.split_token_id,
-                    reward_id=tok.reward_token_id,
-                    max_length=self.max_length,
-                    max_response_length=self.max_response_length,
-                )
-                sequences.append(ids)
-                truncated.append(info.truncated)
+        for c in range(len(request.candidates)):
+            for seqs in per_ref:
+                sequences.append(seqs[c].ids)
+                truncated.append(seqs[c].info.truncated)
         return EncodedRequest(sequences, truncated, len(request.candidates), len(request.references))
 
     # ------------------------------------------------------------------ forward

@@ -107,3 +107,14 @@ def test_documents_must_hold_two_sequences(tmp_path):
         )
     with pytest.raises(DatasetError, match=r"three\.idx: some documents do not hold exactly 2"):
         open_pair_dataset(prefix)
+
+
+def test_shared_prefix_length():
+    from megatron_polar.data.contract import shared_prefix_length
+
+    a, b = np.array([1, 5, 6, 7, 9, 4]), np.array([1, 5, 6, 8, 4])
+    assert shared_prefix_length(a, b) == 3
+    # Identical sequences still keep their last token apart (each reward is read there).
+    assert shared_prefix_length(a, a.copy()) == len(a) - 1
+    assert shared_prefix_length(np.array([1, 4]), np.array([1, 5, 4])) == 1
+    assert shared_prefix_length(np.array([4]), np.array([4])) == 0

@@ -45,3 +45,63 @@ def test_hf_tokenizer(tmp_path):
     for t in TEXTS:
         assert tok.decode(tok.encode(t)) == t
     assert load_tokenizer(tmp_path).path == tok.path  # a directory holding tokenizer.json
+
+
+def _with_config(tmp_path, sp_model, config: dict):
+    import json
+    import shutil
+
+    shutil.copy(sp_model, tmp_path / "tokenizer.model")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return tmp_path
+
+
+def test_tokenizer_config_names_added_tokens_and_bos(tmp_path, sp_model, sp_tok):
+    # Rename an ordinary piece, as POLAR-7B's configuration renames [UNUSED_TOKEN_0] to <|reward|>.
+    piece = sp_tok.encode("alpha")[0]
+    d = _with_config(
+        tmp_path,
+        sp_model,
+        {
+            "add_bos_token": False,
+            "added_tokens_decoder": {
+                str(piece): {"content": "<|mine|>", "special": True},
+                "2": {"content": "</s>", "special": True},
+            },
+        },
+    )
+    tok = load_tokenizer(d, split_token="<|mine|>")
+    assert tok.split_token_id == piece and tok.config_path.endswith("tokenizer_config.json")
+    # Text is cut at added tokens before sentencepiece; special ids vanish on decode_text.
+    assert tok.encode("x<|mine|>y</s>") == [*sp_tok.encode("x"), piece, *sp_tok.encode("y"), 2]
+    assert tok.decode_text(tok.encode("x<|mine|>y</s>z")) == "xyz"
+    assert not tok.add_bos and tok.encode_with_bos("beta") == tok.encode("beta")
+    assert sp_tok.add_bos and sp_tok.encode_with_bos("beta") == [1, *sp_tok.encode("beta")]
+
+
+def test_tokenizer_config_errors_name_the_field(tmp_path, sp_model):
+    d = _with_config(tmp_path, sp_model, {"added_tokens_decoder": {"99999": {"content": "<x>"}}})
+    with pytest.raises(ValueError, match=r"tokenizer_config.json: added_tokens_decoder\['99999'\]"):
+        load_tokenizer(d)
+    _with_config(tmp_path, sp_model, {"add_bos_token": "yes"})
+    with pytest.raises(ValueError, match="'add_bos_token' must be true or false"):
+        load_tokenizer(d)
+
+
+def test_directory_prefers_the_configured_class(tmp_path, sp_model):
+    import shutil
+
+    d = _with_config(tmp_path, sp_model, {"tokenizer_class": "InternLM2Tokenizer"})
+    (tmp_path / "hf").mkdir()
+    shutil.copy(make_hf_tokenizer(tmp_path / "hf"), d)
+    assert load_tokenizer(d).kind == "sentencepiece"  # a slow class reads tokenizer.model
+    assert load_tokenizer(d).clean_up_spaces  # InternLM2's decode always cleans up spaces
+    _with_config(tmp_path, sp_model, {"tokenizer_class": "LlamaTokenizerFast"})
+    assert load_tokenizer(d).kind == "hf"
+
+
+def test_decode_text_skips_special_tokens_in_both_kinds(tmp_path, sp_tok):
+    text = "alpha<|reward|> beta"
+    assert sp_tok.decode_text(sp_tok.encode_with_bos(text)) == "alpha beta"
+    hf = load_tokenizer(make_hf_tokenizer(tmp_path))
+    assert hf.decode_text([hf.bos_id, *hf.encode(text)]) == "alpha beta"

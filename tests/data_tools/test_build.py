@@ -12,7 +12,7 @@ import data_tools.build as build_mod
 from data_tools.build import BuildConfig, build_dataset, token_dtype
 from data_tools.records import InputError, RecordError, validate_triple
 from megatron_polar.data.contract import open_pair_dataset, read_manifest
-from megatron_polar.data.format import build_polar_text, encode_sequence
+from megatron_polar.data.format import build_polar_text, encode_pair
 from tests.data_tools.dt_helpers import make_triples, write_jsonl
 
 CFG = BuildConfig(chunk_rows=16, max_length=256, max_response_length=100, progress=False)
@@ -30,19 +30,21 @@ def test_round_trip_token_and_text_exact(tmp_path, sp_tok):
     assert len(ds) == 60 == manifest["counts"]["pairs_written"]
     for i, row in enumerate(rows):
         t = validate_triple(row)
-        for seq, cand in zip(ds.pair(i), (t.chosen, t.rejected)):
-            expected, info = encode_sequence(
-                sp_tok,
-                t.prompt,
-                t.reference,
-                cand,
-                max_length=256,
-                max_response_length=100,
-                wrapper=t.wrapper,
-            )
-            assert seq.tolist() == expected
-            assert seq[0] == sp_tok.bos_id and seq[-1] == sp_tok.reward_token_id and len(seq) <= 255
-            if not info.truncated:
+        pair = encode_pair(
+            sp_tok,
+            t.prompt,
+            t.reference,
+            t.chosen,
+            t.rejected,
+            max_length=256,
+            max_response_length=100,
+            wrapper=t.wrapper,
+        )
+        for seq, cand, expected in zip(ds.pair(i), (t.chosen, t.rejected), pair):
+            assert seq.tolist() == expected.ids
+            assert seq[0] == sp_tok.bos_id and seq[-1] == sp_tok.reward_token_id
+            if not expected.info.truncated:
+                # Untruncated: the sequence is exactly the POLAR string (the tiny model round-trips text).
                 assert sp_tok.decode(seq[1:-1]) == build_polar_text(
                     t.prompt, t.reference, cand, "<|reward|>", t.wrapper
                 )
@@ -66,7 +68,7 @@ def test_manifest_contents(tmp_path, sp_tok, sp_model):
     build_dataset([src], str(tmp_path / "ds"), sp_tok, CFG)
     m = read_manifest(str(tmp_path / "ds"))
     assert (
-        m["format_version"] == 1 and m["dtype"] == "uint16" and m["sequence_order"] == ["chosen", "rejected"]
+        m["format_version"] == 2 and m["dtype"] == "uint16" and m["sequence_order"] == ["chosen", "rejected"]
     )
     assert m["inputs"][0]["path"] == os.path.abspath(src) and len(m["inputs"][0]["sha256"]) == 64
     assert m["inputs"][0]["size"] == os.path.getsize(src) and m["inputs"][0]["lines"] == 40
@@ -177,12 +179,17 @@ def test_hf_tokenizer_build(tmp_path):
     assert m["tokenizer"]["kind"] == "hf"
     ds = open_pair_dataset(str(tmp_path / "ds"))
     t = validate_triple(rows[1])
-    assert (
-        ds.pair(1)[1].tolist()
-        == encode_sequence(
-            tok, t.prompt, t.reference, t.rejected, max_length=256, max_response_length=100, wrapper=t.wrapper
-        )[0]
+    _, rejected = encode_pair(
+        tok,
+        t.prompt,
+        t.reference,
+        t.chosen,
+        t.rejected,
+        max_length=256,
+        max_response_length=100,
+        wrapper=t.wrapper,
     )
+    assert ds.pair(1)[1].tolist() == rejected.ids
 
 
 def test_strict_with_workers_stops_and_cleans_up(tmp_path, sp_tok):

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from data_tools.__main__ import main
+from megatron_polar.data.contract import open_pair_dataset
 from tests.data_tools.dt_helpers import make_triples, write_jsonl
 
 
@@ -53,8 +54,18 @@ def test_pair_build_inspect_pipeline(tmp_path, sp_model, capsys):
     assert (
         "⟦BOS⟧" in out and "⟦SPLIT⟧" in out and "⟦REWARD⟧" in out and "[chosen" in out and "[rejected" in out
     )
-    assert main(["inspect", prefix, "--json"]) == 0
+    assert main(["inspect", prefix, "--manifest"]) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["pairs_written"] == 10
+    # --json: one object per pair, the ids exactly as stored (the model's input).
+    assert main(["inspect", prefix, "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    ds = open_pair_dataset(prefix)
+    assert [r["pair"] for r in records] == list(range(10))
+    for r in records:
+        chosen, rejected = ds.pair(r["pair"])
+        assert r["chosen_ids"] == chosen.tolist() and r["rejected_ids"] == rejected.tolist()
+    assert main(["inspect", prefix, "--json", "--start", "8", "-n", "5"]) == 0
+    assert [json.loads(line)["pair"] for line in capsys.readouterr().out.splitlines()] == [8, 9]
 
 
 def test_rank_cli(tmp_path, capsys):
