@@ -4,12 +4,16 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The compatibility environment: Python 3.12 (the pyenv one if present), requirements-compat.txt.
+COMPAT_PYTHON ?= $(or $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12))),python3.12)
+COMPAT_VENV   := .venv-compat
+COMPAT_STAMP  := $(COMPAT_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-gpu lint format demo bench clean
+.PHONY: help install test test-compat test-gpu lint format demo bench clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): requirements-dev.txt setup.py
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -23,6 +27,16 @@ install: $(STAMP) ## Create .venv in the repo and install everything (pinned dev
 
 test: $(STAMP) ## Run the test suite (CPU, gloo; GPU-marked tests skip without a GPU)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+$(COMPAT_STAMP): requirements-compat.txt
+	@command -v $(COMPAT_PYTHON) >/dev/null || { echo "need Python 3.12 (set COMPAT_PYTHON=...)"; exit 1; }
+	test -x $(COMPAT_VENV)/bin/python || $(COMPAT_PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(COMPAT_VENV)/bin/python -m pip install -q -r requirements-compat.txt
+	touch $(COMPAT_STAMP)
+
+test-compat: $(COMPAT_STAMP) ## CPU suite on Python 3.12 + newest megatron-core/torch/transformers (.venv-compat; first run downloads ~4 GB)
+	PYTHONPATH=$(CURDIR) $(COMPAT_VENV)/bin/python -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 test-gpu: $(STAMP) ## Run only the GPU-marked tests (on a machine with a GPU and Transformer Engine)
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
@@ -42,4 +56,4 @@ bench: $(STAMP) ## Run the benchmarks (build, train packed/padded, serve); print
 	$(PY) benchmarks/run_all.py
 
 clean: ## Remove the virtualenv, caches and run outputs
-	rm -rf $(VENV) .pytest_cache .ruff_cache runs demo_out *.egg-info
+	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache .ruff_cache runs demo_out *.egg-info

@@ -1,7 +1,11 @@
 """Install megatron_polar and data_tools.
 
-Ranges here admit the newer megatron-core and torch found on GPU clusters; requirements-dev.txt pins
-the exact development environment (Python 3.11, CPU).
+The ranges are the tested ones and admit NVIDIA's PyTorch container as it is: in
+nvcr.io/nvidia/pytorch:25.09-py3, `pip install -e .` keeps the image's torch (a pre-release,
+2.9.0a0+..., hence the `a0` in the lower bound), Transformer Engine and apex
+(tests/install/test_container_install.py runs pip's resolver to check it; docs/cluster.md, "Container
+recipe"). megatron-core: 0.16.1 (requirements-dev.txt, Python 3.11) to 0.19.2 (requirements-compat.txt,
+Python 3.12, `make test-compat`).
 """
 
 from setuptools import find_packages, setup
@@ -15,8 +19,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_polar*", "data_tools*"]),
     install_requires=[
-        "torch>=2.6",
-        "megatron-core>=0.16.1",
+        "torch>=2.7.0a0",
+        "megatron-core>=0.16.1,<=0.19.2",
         "numpy>=1.26",
         "hydra-core>=1.3.2,<1.4",
         "sentencepiece>=0.2.0,!=0.2.3",  # 0.2.3 needs protobuf>=7.36, wandb protobuf<7

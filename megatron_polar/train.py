@@ -36,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(cfg.logging.level)
     import warnings
 
-    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex) (is|are) not installed.*")
+    import torch
+
+    if not torch.cuda.is_available():
+        # Without a GPU the local spec is the plan, so megatron-core's import-time notes that TE and apex
+        # are missing are noise. On a GPU they stay visible (and the model builder stops with the TE
+        # import error unless model.transformer_impl=local).
+        warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex) (is|are) not installed.*")
     from megatron_polar.checkpoint.manager import CheckpointError
     from megatron_polar.data.contract import DatasetError
     from megatron_polar.parallel import topology

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import traceback
+from dataclasses import dataclass
 
 import torch
 from megatron.core.enums import ModelType
@@ -25,26 +27,69 @@ from megatron_polar.utils.logging import get_logger
 log = get_logger(__name__)
 
 
+@dataclass(frozen=True)
+class TransformerEngineProbe:
+    """What importing Transformer Engine (and megatron-core's TE extension) gave in this process."""
+
+    error: str | None = None  # the import failure, as ``Type: message``; None when both imported
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None
+
+
 @functools.cache
-def have_transformer_engine() -> bool:
-    """True when Transformer Engine for PyTorch imports (and megatron-core's TE extension with it)."""
+def probe_transformer_engine() -> TransformerEngineProbe:
+    """Import Transformer Engine once and keep the failure, if any, to show it to the user."""
     try:
         import transformer_engine.pytorch  # noqa: F401
         from megatron.core.extensions import transformer_engine as _  # noqa: F401
-    except Exception:  # ImportError, or a TE build that does not match the CUDA driver
+    except Exception as exc:  # ImportError, or a TE build that does not match torch or the CUDA driver
+        return TransformerEngineProbe(error="".join(traceback.format_exception_only(type(exc), exc)).strip())
+    return TransformerEngineProbe()
+
+
+def have_transformer_engine() -> bool:
+    """True when Transformer Engine for PyTorch imports (and megatron-core's TE extension with it)."""
+    return probe_transformer_engine().usable
+
+
+def choose_transformer_engine(impl: str, gpu: bool, te: TransformerEngineProbe) -> bool:
+    """Whether to build the Transformer Engine spec, given ``model.transformer_impl``, whether this
+    process runs on a CUDA GPU, and what importing TE gave.
+
+    ``local`` never uses TE. On a GPU, ``auto`` and ``transformer_engine`` need TE, and a missing or
+    broken TE is an error that shows the import failure: falling back to the local spec there would
+    train with dense masks, no sequence parallelism and torch's optimizer instead of stopping. Without
+    a GPU, ``auto`` picks the local spec and ``transformer_engine`` is an error.
+    """
+    if impl == "local":
         return False
-    return True
+    if gpu and te.usable:
+        return True
+    if not gpu:
+        if impl == "auto":
+            return False
+        raise ConfigError(
+            "model.transformer_impl=transformer_engine but Transformer Engine is not usable here: "
+            "it needs a CUDA GPU (set model.transformer_impl=local or auto to run on the CPU)"
+        )
+    raise ConfigError(
+        f"model.transformer_impl={impl} on a CUDA GPU, but Transformer Engine failed to import:\n"
+        f"  {te.error}\n"
+        "Install a Transformer Engine that matches this torch (NVIDIA's PyTorch container ships one; "
+        "see docs/cluster.md, 'Container recipe'), or set model.transformer_impl=local to train without it "
+        "(dense attention masks, no sequence parallelism, no FP8)"
+    )
 
 
 def resolve_use_te(cfg: PolarConfig) -> bool:
-    """Whether to use the Transformer Engine spec: ``auto`` picks it when TE imports on a GPU."""
+    """Whether to use the Transformer Engine spec here (see :func:`choose_transformer_engine`)."""
     impl = cfg.model.transformer_impl
-    available = have_transformer_engine() and not cpu_backend.is_enabled()
-    if impl == "transformer_engine" and not available:
-        raise ConfigError(
-            "model.transformer_impl=transformer_engine but Transformer Engine is not usable here"
-        )
-    return available if impl == "auto" else impl == "transformer_engine"
+    gpu = torch.cuda.is_available() and not cpu_backend.is_enabled()
+    # Import TE only when the answer can depend on it: a CPU run with ``auto`` or ``local`` never needs it.
+    te = probe_transformer_engine() if gpu and impl != "local" else TransformerEngineProbe("not probed")
+    return choose_transformer_engine(impl, gpu, te)
 
 
 def layer_spec(use_te: bool) -> ModuleSpec:

@@ -2,7 +2,8 @@
 
 megatron-core assumes CUDA in a handful of places: RNG-state helpers, ``torch.cuda.current_device()``
 and ``device="cuda"`` literals in the pipeline schedules, the gradient buffers and the optimizers,
-``Tensor.cuda()``, ``torch.cuda.synchronize()`` and type checks against ``'torch.cuda.FloatTensor'``.
+``Tensor.cuda()``, ``torch.cuda.synchronize()``, CUDA streams and events (megatron-core 0.19's gradient
+buffers) and type checks against ``'torch.cuda.FloatTensor'``.
 :func:`enable` redirects exactly those to the CPU, so tensor, pipeline and data parallelism, the
 distributed optimizer and ``dist_checkpointing`` run unchanged over gloo. It is the product's CPU path
 (development runs, the demo, the tests), switched on in one place: ``parallel.topology`` calls it when no
@@ -65,6 +66,61 @@ def _patched_type(original):
         return original(self, dtype, non_blocking, **kwargs)
 
     return type_
+
+
+class _CpuStream:
+    """Stands in for ``torch.cuda.Stream`` on the CPU, where every operation is already ordered.
+
+    megatron-core 0.19's gradient buffers take ``torch.cuda.current_stream()`` before each reduction
+    and make it wait on CUDA-graph events (param_and_grad_buffer.start_grad_sync); with one CPU thread
+    of execution there is nothing to wait for, so every wait and record is a no-op.
+    """
+
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+        self.device = torch.device("cpu")
+
+    def wait_stream(self, _stream: Any) -> None:
+        pass
+
+    def wait_event(self, _event: Any) -> None:
+        pass
+
+    def record_event(self, event: Any = None) -> Any:
+        return event if event is not None else _CpuEvent()
+
+    def synchronize(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+    def __enter__(self) -> _CpuStream:
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        return None
+
+
+class _CpuEvent:
+    """Stands in for ``torch.cuda.Event``: recorded work on the CPU is finished when recorded."""
+
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+        pass
+
+    def record(self, _stream: Any = None) -> None:
+        pass
+
+    def wait(self, _stream: Any = None) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+
+_CPU_STREAM = _CpuStream()
 
 
 def _cpu_rng_get(*_args, **_kwargs) -> torch.Tensor:
@@ -136,6 +192,12 @@ def enable() -> None:
         # torch.manual_seed itself calls torch.cuda.manual_seed_all: seed the CPU generator directly.
         cuda.manual_seed = _cpu_manual_seed
         cuda.manual_seed_all = lambda _seed: None
+        # Streams and events (megatron-core 0.19 uses them in the gradient buffers even on one stream).
+        cuda.current_stream = lambda *_a, **_k: _CPU_STREAM
+        cuda.default_stream = lambda *_a, **_k: _CPU_STREAM
+        cuda.stream = lambda *_a, **_k: contextlib.nullcontext(_CPU_STREAM)
+        cuda.Stream = _CpuStream
+        cuda.Event = _CpuEvent
         torch.Tensor.cuda = lambda self, *_a, **_k: self
         torch.Tensor.type = _patched_type(torch.Tensor.type)
 
