@@ -104,3 +104,35 @@ def rope_thd_forward(layer_counts: tuple[int, ...] = (2, 4), rows: int = 2) -> d
     finally:
         rope_utils.fused_apply_rotary_pos_emb_thd, cpu_backend.suspended = saved
     return out
+
+
+def reward_rows_tp(seq: int = 12, rows: int = 3, hidden: int = 5) -> dict:
+    """Sequence-parallel reward-row selection on this TP rank against the full all-gather, forward and
+    backward. Every rank draws the same full ``[s, b, h]`` and keeps its sequence shard, as SP holds it."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+
+    from megatron_polar.model.reward_model import gather_reward_rows
+
+    cfg = load_config(["model=tiny", "parallel.tensor_model_parallel_size=2"])
+    topology.initialize(cfg.parallel, seed=1234)
+    tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+    gen = torch.Generator().manual_seed(7)
+    full = torch.randn(seq, rows, hidden, generator=gen, dtype=torch.float64)
+    weight = torch.randn(hidden, generator=gen, dtype=torch.float64)
+    # Reward positions on both shards, at both shard edges and twice on one position.
+    cols = [0, seq // tp - 1, seq // tp, seq - 1, 3, 3]
+    flat = torch.tensor([(i % rows) * seq + c for i, c in enumerate(cols)])
+    shard = slice(rank * seq // tp, (rank + 1) * seq // tp)
+    out = {}
+    for name in ("rows", "gather"):
+        local = full[shard].clone().requires_grad_(True)
+        if name == "rows":
+            picked = gather_reward_rows(local, flat, sequence_parallel=True)
+        else:  # what the head did before: all-gather the whole sequence, then pick
+            whole = gather_from_sequence_parallel_region(local, tensor_parallel_output_grad=False)
+            picked = whole.transpose(0, 1).reshape(-1, hidden)[flat]
+        (picked @ weight).pow(2).sum().backward()
+        out[name] = {"picked": picked.detach(), "grad": local.grad}
+    out["direct"] = full.transpose(0, 1).reshape(-1, hidden)[flat]
+    return out
