@@ -193,7 +193,7 @@ def predict_step(
     per_micro = gemm + attention + elementwise + tp_comm
     stage_link = gpu.ib_gb_s if tp * pp > gpu.gpus_per_node else gpu.nvlink_gb_s / 2.0
     p2p = 0.0 if pp == 1 else 2.0 * (act / tp) / (stage_link * 1e9 * NCCL_BUS_EFFICIENCY) * (layout.vpp or 1)
-    busy = m * per_micro
+    busy = m * (per_micro + p2p)  # a bubble slot is a micro-batch chunk with its p2p
     bubble = (pp - 1) / ((layout.vpp or 1) * m) * busy
     counts = count_parameters(model)
     params_gpu = (counts.num_layers * counts.layer_linear / tp + counts.embedding / tp) / pp
