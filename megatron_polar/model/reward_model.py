@@ -208,7 +208,7 @@ def gather_reward_rows(
     directly. With it, each tensor-parallel rank holds the contiguous sequence shard
     ``[rank * s/tp, (rank + 1) * s/tp)``: it picks the reward rows that fall in its shard, zeros the
     others and one all-reduce of ``[n, h]`` assembles them on every rank. That replaces an all-gather
-    of the whole ``[s, b, h]`` activation (about 1 GB per 32k-token row at h=4096 in bf16, across TP)
+    of the whole ``[s, b, h]`` activation (268 MB per 32k-token row at h=4096 in bf16, on every TP rank)
     by ``n * h`` values, and is exact: each row is one rank's value plus zeros. The all-reduce's
     backward is the identity, so each rank's shard receives the gradient of the rows it owns, as the
     split backward of the full gather did.
