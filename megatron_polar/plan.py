@@ -6,6 +6,15 @@ Examples::
     python -m megatron_polar.plan --gpus 912 model=polar_7b parallel=h800_7b data.seq_length=32768 --json
     python -m megatron_polar.plan --gpus 16 --brief --config model=tiny   # one line, for launch scripts
 
+    python -m megatron_polar.plan --model polar_7b --gpus 912 --length-mix paper --share-prefix --rank
+    python -m megatron_polar.plan --model polar_7b --gpus 912 --dataset data/pretrain --share-prefix \
+        --calibrate gpu_smoke.json --rank
+
+``--dataset`` / ``--length-mix`` take the attended length from the data (token-weighted E[L^2]/E[L],
+or with ``--share-prefix`` the shared-prefix count); ``--rank`` lists the layouts that fit, fastest first,
+by the step model of :mod:`megatron_polar.planning.performance`; ``--calibrate`` fits its efficiency
+scale to a measured step (format: :mod:`megatron_polar.planning.calibration`).
+
 Flags override the composed configuration (``conf/`` + overrides). Exit status: 0, or 2 when the layout
 cannot start (it does not divide the GPUs, heads or layers; or the configuration is invalid), or 3 with
 ``--strict`` when it does not fit the GPU memory.
@@ -14,11 +23,45 @@ cannot start (it does not divide the GPUs, heads or layers; or the configuration
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 
+import numpy as np
+
 from megatron_polar.config.loader import ConfigError, load_config
+from megatron_polar.data.contract import DatasetError, open_pair_dataset
 from megatron_polar.planning import Hardware, plan_layout
-from megatron_polar.planning.report import format_brief, format_json, format_table
+from megatron_polar.planning.calibration import CalibrationError, fit, load_measurements
+from megatron_polar.planning.lengths import LengthStats, length_stats, paper_length_mix, shared_prefix_length
+from megatron_polar.planning.performance import GpuSpec, anchor_scale, predict_step
+from megatron_polar.planning.ranking import format_ranking, layout_of, rank_layouts
+from megatron_polar.planning.report import format_brief, format_table
+
+PAPER_7B_BATCH_PAIRS = 4343  # the paper's batch for POLAR-7B (appendix A.1.2)
+PACKING_EFFICIENCY = 0.98  # non-padding share of packed rows (published packers reach >= 98%)
+
+
+def dataset_lengths(prefix: str, sample: int) -> LengthStats:
+    """Length statistics of a built dataset: lengths of every pair, shared prefixes of up to ``sample``
+    evenly spaced pairs (reading their tokens), scaled to the whole set by the sampled ratio."""
+    ds = open_pair_dataset(prefix)
+    lengths = np.asarray(ds.pair_lengths(), dtype=np.int64)
+    n = len(lengths)
+    picks = np.unique(np.linspace(0, n - 1, min(n, sample)).astype(np.int64))
+    prefix_len = np.array([shared_prefix_length(*ds.pair(int(i))) for i in picks])
+    sampled = length_stats(lengths[picks, 0], lengths[picks, 1], prefix_len)
+    full = length_stats(lengths[:, 0], lengths[:, 1], np.zeros(n))
+    # Unshared totals are exact; the shared ones carry the sample's ratios over to the whole set.
+    return LengthStats(
+        pairs=n,
+        tokens=full.tokens,
+        attention_pairs=full.attention_pairs,
+        shared_tokens=full.tokens * sampled.token_ratio,
+        shared_attention_pairs=full.attention_pairs
+        * sampled.shared_attention_pairs
+        / sampled.attention_pairs,
+    )
 
 
 def _flag_overrides(args: argparse.Namespace) -> list[str]:
@@ -90,11 +133,31 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--overhead-gb", type=float, default=4.0, help="CUDA context, NCCL buffers, allocator slack"
     )
+    data = ap.add_mutually_exclusive_group()
+    data.add_argument("--dataset", metavar="PREFIX", help="built dataset: attended length from its pairs")
+    data.add_argument("--length-mix", choices=["paper"], help="synthetic lengths of the paper's mix")
+    ap.add_argument("--dataset-sample", type=int, default=20000, help="pairs read for shared prefixes")
+    ap.add_argument("--share-prefix", action="store_true", help="prompt + reference computed once per pair")
+    ap.add_argument("--calibrate", metavar="FILE", help="measured step(s) to fit the efficiency scale")
+    ap.add_argument("--rank", action="store_true", help="rank the layouts that fit, fastest first")
+    ap.add_argument("--top", type=int, default=10, help="rows of the ranking")
+    ap.add_argument("--fp8", action="store_true", help="predict FP8 GEMMs")
+    ap.add_argument("--tp-comm-overlap", action="store_true", help="predict TE userbuffer TP overlap")
+    ap.add_argument("--ib-gb-s", type=float, default=50.0, help="network bandwidth per GPU (400 Gb/s NIC)")
+    ap.add_argument(
+        "--global-pairs",
+        type=int,
+        help=f"pairs per step when the batch is auto (default {PAPER_7B_BATCH_PAIRS})",
+    )
     out = ap.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="machine-readable output")
     out.add_argument("--brief", action="store_true", help="one key=value line (launch scripts)")
     ap.add_argument("--strict", action="store_true", help="exit 3 when the layout does not fit")
     return ap
+
+
+def _presets(name: str):
+    return load_config([f"model={name}"]).model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,23 +171,147 @@ def main(argv: list[str] | None = None) -> int:
     hardware = Hardware(
         args.gpu_name, args.gpu_memory_gb, args.gpus_per_node, args.peak_tflops, args.nvlink_gb_s
     )
+    gpu = GpuSpec(args.peak_tflops, args.nvlink_gb_s, args.ib_gb_s, gpus_per_node=args.gpus_per_node)
+    stats = None
+    try:
+        if args.dataset:
+            stats = dataset_lengths(args.dataset, args.dataset_sample)
+        elif args.length_mix == "paper":
+            stats = length_stats(*paper_length_mix())
+    except (DatasetError, OSError, ValueError) as exc:
+        print(f"error: --dataset {args.dataset}: {exc}", file=sys.stderr)
+        return 2
+    if args.share_prefix and stats is None:
+        print("error: --share-prefix needs --dataset PREFIX or --length-mix paper", file=sys.stderr)
+        return 2
+    attn_length = args.attn_length
+    tokens = args.tokens
+    if stats is not None:
+        attn_length = stats.shared_attn_length if args.share_prefix else stats.attn_length
+    scale = anchor_scale()
+    if args.calibrate:
+        try:
+            scale = fit(load_measurements(args.calibrate, _presets))
+        except CalibrationError as exc:
+            print(f"error: --calibrate {exc}", file=sys.stderr)
+            return 2
     plan = plan_layout(
         cfg,
         args.gpus,
         hardware,
-        tokens=args.tokens,
+        tokens=tokens,
         mfu=args.mfu,
-        attn_length=args.attn_length,
+        attn_length=None if attn_length is None else round(attn_length),
         flash_attention=False if args.no_flash_attn else None,
         overhead_gb=args.overhead_gb,
     )
-    render = format_json if args.json else format_brief if args.brief else format_table
-    print(render(plan))
+    # Tokens the run processes: the paper's count is of unshared sequences; sharing processes fewer.
+    run_tokens = plan.tokens
+    if run_tokens is not None and args.share_prefix and stats is not None:
+        run_tokens = run_tokens * stats.token_ratio
+    pair_tokens = (
+        (stats.shared_tokens if args.share_prefix else stats.tokens) / stats.pairs if stats else None
+    )
+    global_rows = None
+    if plan.global_batch is None:
+        pairs = args.global_pairs or PAPER_7B_BATCH_PAIRS
+        per_pair = pair_tokens or 2.0 * (attn_length or plan.attn_length)
+        global_rows = math.ceil(pairs * per_pair / (plan.seq_length * PACKING_EFFICIENCY))
+    step = predict_step(
+        cfg.model, layout_of(plan, global_rows, args.fp8, args.tp_comm_overlap), plan.attn_length, gpu, scale
+    )
+    prediction = {
+        "attn_length": plan.attn_length,
+        "share_prefix": args.share_prefix,
+        "lengths": None if stats is None else stats.to_dict(),
+        "efficiency_scale": scale,
+        "calibrated": bool(args.calibrate),
+        "step": step.to_dict(),
+        "tokens_per_s_per_gpu": step.tokens_per_s / args.gpus,
+        "mfu": step.mfu(args.gpus, args.peak_tflops),
+        "tokens": run_tokens,
+        "hours": None if run_tokens is None else run_tokens / step.tokens_per_s / 3600.0,
+    }
+    if args.rank:
+        ranked = rank_layouts(
+            cfg,
+            args.gpus,
+            hardware,
+            gpu,
+            float(plan.attn_length),
+            global_rows or (plan.global_batch or plan.dp),
+            scale,
+            args.fp8,
+            args.tp_comm_overlap,
+            args.overhead_gb,
+        )
+        if args.json:
+            print(
+                json.dumps(
+                    [
+                        {
+                            "layout": r.layout.label(),
+                            "tokens_per_s": r.tokens_per_s,
+                            "mfu": r.step.mfu(args.gpus, args.peak_tflops),
+                            "memory_gb": r.plan.peak_memory.total / 1e9,
+                            "hours": None if run_tokens is None else run_tokens / r.tokens_per_s / 3600.0,
+                        }
+                        for r in ranked[: args.top]
+                    ],
+                    indent=2,
+                )
+            )
+        else:
+            print(_prediction_header(prediction, args))
+            print(format_ranking(ranked, args.gpus, args.peak_tflops, run_tokens, args.top))
+        return 0 if ranked else 3
+    if args.json:
+        data = plan.to_dict()
+        data["prediction"] = prediction
+        print(json.dumps(data, indent=2))
+    elif args.brief:
+        print(format_brief(plan))
+    else:
+        print(format_table(plan))
+        print(_prediction_header(prediction, args))
+        print(_prediction_lines(prediction))
     if plan.errors:
         return 2
     if args.strict and not plan.fits:
         return 3
     return 0
+
+
+def _prediction_header(p: dict, args: argparse.Namespace) -> str:
+    lines = ["prediction (step model; see megatron_polar/planning/performance.py)"]
+    if p["lengths"] is not None:
+        ln = p["lengths"]
+        lines.append(
+            f"  {'lengths':<30} {ln['pairs']:,} pairs, {ln['tokens_per_pair']:,.0f} tokens/pair, "
+            f"E[L^2]/E[L] {ln['attn_length']:,.0f}; shared prefix: {ln['shared_tokens_per_pair']:,.0f} "
+            f"tokens/pair ({ln['token_ratio']:.3f}x), attended {ln['shared_attn_length']:,.0f}"
+        )
+    lines.append(
+        f"  {'attended length':<30} {p['attn_length']:,} ({'shared prefix' if p['share_prefix'] else 'unshared'})"
+    )
+    source = "fitted to --calibrate" if p["calibrated"] else "megatron-core's 7.1B/47% anchor"
+    lines.append(f"  {'efficiency scale':<30} {p['efficiency_scale']:.3f} ({source})")
+    return "\n".join(lines)
+
+
+def _prediction_lines(p: dict) -> str:
+    st = p["step"]
+    parts = ", ".join(
+        f"{k} {st[k]:.2f}"
+        for k in ("gemm", "attention", "elementwise", "tp_comm", "pp_comm", "bubble", "dp_comm")
+    )
+    lines = [
+        f"  {'step (s)':<30} {st['total']:.2f} = {parts}",
+        f"  {'throughput':<30} {p['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU, MFU {p['mfu']:.1%}",
+    ]
+    if p["hours"] is not None:
+        lines.append(f"  {'predicted time':<30} {p['hours']:,.1f} h for {p['tokens']:.3g} processed tokens")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,9 @@ def transformer_config(cfg: PolarConfig, *, use_te: bool, on_gpu: bool) -> Trans
         # Fused kernels exist only on GPUs; on CPU megatron-core's plain PyTorch paths run.
         masked_softmax_fusion=on_gpu,
         bias_activation_fusion=on_gpu and use_te,
-        apply_rope_fusion=False,
+        # TE's fused RoPE reads THD cu_seqlens on the device; megatron-core's unfused THD path syncs with
+        # the host in every layer (rope_utils.py:204 .tolist(), :211 a tensor comparison).
+        apply_rope_fusion=on_gpu and use_te,
         persist_layer_norm=on_gpu and use_te,
         gradient_accumulation_fusion=on_gpu and use_te,
         recompute_granularity=m.recompute_granularity,

@@ -19,7 +19,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.packed_seq_params import PackedSeqParams
-from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec
@@ -129,12 +129,35 @@ class PolarRewardModel(MegatronModule):
         self.decoder.set_input_tensor(input_tensor)
 
     def _rotary(self, batch: RewardBatch, seq_length: int) -> Tensor:
+        """Rotary frequencies for ``batch``, computed once per forward and shared by every layer.
+
+        THD rows (Transformer Engine): a ``[max_seqlen, 1, 1, d]`` table indexed by the position inside
+        each sequence. It must be sized by the longest *sequence*, not the row: megatron-core
+        0.16.1's unfused ``_apply_rotary_pos_emb_thd`` (``models/common/embeddings/rope_utils.py``
+        lines 211-218) switches to an offset mode when ``freqs.size(0) == cu_seqlens[-1]`` and then
+        calls ``cu_seqlens[i].item()`` for every sequence, in every layer, for queries and keys (about
+        950 host syncs per 32k-token row at 7B); TE's fused kernel (``apply_rope_fusion``, lines
+        268-291) reads the table the same way, by in-sequence position, without leaving the device.
+
+        Other rows: ``[s, 1, 1, d]`` when each row is one sequence, else per-token frequencies
+        ``[s, b, 1, d]`` gathered from the position ids (they restart at every packed sequence).
+        """
+        psp = batch.packed_seq_params
+        if psp is not None and psp.qkv_format == "thd":
+            longest = max(int(psp.max_seqlen_q or 0), int(psp.max_seqlen_kv or 0))
+            if longest <= 0:
+                raise ValueError("THD batch without max_seqlen_q/max_seqlen_kv: cannot size the RoPE table")
+            return self.rotary_pos_emb(longest)
         freqs = self.rotary_pos_emb(seq_length)  # [s, 1, 1, d] for positions 0..s-1
-        if batch.packed_seq_params is not None:
-            return freqs  # TE applies it per sequence from cu_seqlens
         pos = batch.position_ids
         if torch.equal(pos, torch.arange(seq_length, device=pos.device).expand_as(pos)):
             return freqs  # one sequence per row: the shared table applies as is
+        if self.config.apply_rope_fusion:
+            # TE's fused kernel takes one [s, 1, 1, d] table; per-token tables need THD or the local spec.
+            raise ValueError(
+                "packed rows with restarting position ids need THD packed_seq_params when RoPE is fused "
+                "(Transformer Engine spec); the local spec takes them with an attention mask"
+            )
         # Position ids restart at every packed sequence: pick each token's own frequencies.
         pos_sb = batch.position_ids.transpose(0, 1)
         return freqs[:, 0, 0][pos_sb].unsqueeze(2)  # [s, b, 1, d]
@@ -159,11 +182,7 @@ class PolarRewardModel(MegatronModule):
 
     def rewards_from_hidden(self, hidden_sbh: Tensor, reward_index: Tensor) -> Tensor:
         """Score the final-norm hidden states at the flat positions ``reward_index``."""
-        if self.config.sequence_parallel:
-            # Every TP rank computes the same rewards: split (not reduce) the gradient on the way back.
-            hidden_sbh = gather_from_sequence_parallel_region(hidden_sbh, tensor_parallel_output_grad=False)
-        hidden_bsh = hidden_sbh.transpose(0, 1).reshape(-1, hidden_sbh.shape[-1])
-        picked = hidden_bsh[reward_index.reshape(-1)]
+        picked = gather_reward_rows(hidden_sbh, reward_index.reshape(-1), self.config.sequence_parallel)
         rewards = self.reward_head(picked).float().squeeze(-1)
         return rewards.view(reward_index.shape)
 
@@ -176,10 +195,37 @@ class PolarRewardModel(MegatronModule):
             rotary_pos_emb=self._rotary(batch, batch.tokens.shape[1]),
             packed_seq_params=batch.packed_seq_params,
         )
-        if self.config.sequence_parallel:
-            hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
-        hidden_bsh = hidden.transpose(0, 1).reshape(-1, hidden.shape[-1])
-        return hidden_bsh[batch.reward_index.reshape(-1)].view(*batch.reward_index.shape, -1)
+        picked = gather_reward_rows(hidden, batch.reward_index.reshape(-1), self.config.sequence_parallel)
+        return picked.view(*batch.reward_index.shape, -1)
+
+
+def gather_reward_rows(
+    hidden_sbh: Tensor, flat_index: Tensor, sequence_parallel: bool, group: object | None = None
+) -> Tensor:
+    """Hidden states ``[n, h]`` at the flat positions ``flat_index`` (``row * s + column``).
+
+    Without sequence parallelism ``hidden_sbh`` is the whole ``[s, b, h]`` and the rows are indexed
+    directly. With it, each tensor-parallel rank holds the contiguous sequence shard
+    ``[rank * s/tp, (rank + 1) * s/tp)``: it picks the reward rows that fall in its shard, zeros the
+    others and one all-reduce of ``[n, h]`` assembles them on every rank. That replaces an all-gather
+    of the whole ``[s, b, h]`` activation (268 MB per 32k-token row at h=4096 in bf16, on every TP rank)
+    by ``n * h`` values, and is exact: each row is one rank's value plus zeros. The all-reduce's
+    backward is the identity, so each rank's shard receives the gradient of the rows it owns, as the
+    split backward of the full gather did.
+    """
+    s_local, b, h = hidden_sbh.shape
+    if not sequence_parallel:
+        return hidden_sbh[flat_index % s_local, flat_index // s_local]
+    tp = ps.get_tensor_model_parallel_world_size() if group is None else group.size()
+    rank = ps.get_tensor_model_parallel_rank() if group is None else group.rank()
+    s = s_local * tp
+    column = flat_index % s - rank * s_local
+    mine = (column >= 0) & (column < s_local)
+    picked = hidden_sbh[column.clamp(0, s_local - 1), flat_index // s]
+    picked = torch.where(
+        mine.unsqueeze(-1), picked, torch.zeros((), dtype=picked.dtype, device=picked.device)
+    )
+    return reduce_from_tensor_model_parallel_region(picked, group=group)
 
 
 def stage_flags(vp_stage: int | None = None) -> tuple[bool, bool]:

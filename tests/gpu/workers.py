@@ -64,3 +64,60 @@ def scoring_local_vs_te(root: str) -> dict:
         scorer = PolarScorer(m, tokenizer=None, share_prefix=share)
         out[name] = {"share_prefix": scorer.share_prefix, "rewards": scorer.forward_sequences(sequences)}
     return out
+
+
+def te_thd_rope_fused(overrides: list[str]) -> dict:
+    """THD rows through TE with fused RoPE (the table sized by the longest sequence) against padded rows,
+    and the host syncs of the THD forward, counted by CUDA's sync debug mode."""
+    import warnings
+
+    cfg = load_config(["model.transformer_impl=transformer_engine", "data.seq_length=256", *overrides])
+    topo = topology.initialize(cfg.parallel, seed=1234)
+    [model] = build_model_chunks(cfg)
+    assert model.config.apply_rope_fusion
+    with torch.no_grad():
+        model.reward_head.weight.normal_(0, 0.3)
+    pairs = random_pairs(8, vocab=500, lo=16, hi=100, seed=0)
+    padded = collate_padded(pairs, 256, explicit_mask=False).to(topo.device)
+    packed = collate_packed([pairs[:4], pairs[4:]], 1024, thd=True).to(topo.device)
+    out = {
+        "table": model._rotary(packed, packed.tokens.shape[1]).shape[0],
+        "max_seqlen": packed.packed_seq_params.max_seqlen_q,
+    }
+    with torch.no_grad():
+        out["padded"] = model(padded).float().cpu()
+        model(packed)  # warm-up: first-call kernel selection may sync
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rewards = model(packed)
+        torch.cuda.set_sync_debug_mode(0)
+        out["packed"] = rewards.float().cpu()
+    out["syncs"] = [str(w.message)[:200] for w in caught if "synchroniz" in str(w.message)]
+    return out
+
+
+def te_sequence_parallel_rewards(sequence_parallel: bool, overrides: list[str]) -> dict:
+    """Rewards and the reward-head gradient at TP2, with or without sequence parallelism (TE spec)."""
+    cfg = load_config(
+        [
+            "model.transformer_impl=transformer_engine",
+            "data.seq_length=256",
+            "parallel.tensor_model_parallel_size=2",
+            f"parallel.sequence_parallel={str(sequence_parallel).lower()}",
+            *overrides,
+        ]
+    )
+    topo = topology.initialize(cfg.parallel, seed=1234)
+    [model] = build_model_chunks(cfg)
+    with torch.no_grad():
+        model.reward_head.weight.normal_(0, 0.3)
+    pairs = random_pairs(4, vocab=500, lo=16, hi=100, seed=0)
+    batch = collate_packed([pairs[:2], pairs[2:]], 512, thd=True).to(topo.device)
+    rewards = model(batch)
+    rewards.sum().backward()
+    return {
+        "rewards": rewards.detach().float().cpu(),
+        "head_grad": model.reward_head.weight.grad.float().cpu(),
+    }
