@@ -202,11 +202,26 @@ def read_config_yaml(path: str | Path) -> str:
     return cfg.read_text()
 
 
+def keeps_per_parameter_step(inner) -> bool:
+    """Whether ``inner`` (the torch optimizer inside megatron-core's wrapper) keeps ``step`` per parameter.
+
+    torch's Adam/AdamW do, and megatron-core's checkpoint code expects it there when neither TE nor apex
+    is installed (megatron/core/optimizer/distrib_optimizer.py:639-643 and :817-825 in 0.16.1). The fused
+    Adams keep ``step`` in the param group: Transformer Engine's ``FusedAdam.state_dict`` un-scales every
+    per-parameter key through ``name_to_dtype_map``, which holds only exp_avg, exp_avg_sq and
+    master_param (transformer_engine/pytorch/optimizers/fused_adam.py:199-203, :478-497, :279), so a
+    ``step`` there raises KeyError; apex's FusedAdam likewise steps ``group["step"]``
+    (apex/optimizers/fused_adam.py:180-186).
+    """
+    return isinstance(inner, (torch.optim.Adam, torch.optim.AdamW))
+
+
 def _init_optimizer_state(optimizer) -> None:
-    """Give every parameter an Adam state (zeros, step 0) so the loading state dict has its structure.
+    """Give every parameter an Adam state (zeros) so the loading state dict has its structure.
 
     megatron-core builds the optimizer's loading template from the live state, which a fresh optimizer
-    (no step taken yet) does not have; without TE/apex it also requires a per-parameter ``step``.
+    (no step taken yet) does not have. torch's Adam also gets a per-parameter ``step`` (0), which
+    megatron-core requires without TE/apex; the fused Adams of TE and apex must not get one.
     """
     for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
         inner = getattr(opt, "optimizer", None)
@@ -214,13 +229,16 @@ def _init_optimizer_state(optimizer) -> None:
             continue
         if getattr(opt, "init_state_fn", None) is not None:
             opt.init_state_fn(inner, opt.config)
+        if not keeps_per_parameter_step(inner):
+            continue
         for group in inner.param_groups:
             for param in group["params"]:
                 inner.state[param].setdefault("step", torch.tensor(0.0))
 
 
 def _load_optimizer_state(optimizer, state: dict) -> None:
-    """``optimizer.load_state_dict`` with a fix for torch's Adam (no TE/apex, e.g. on CPU).
+    """``optimizer.load_state_dict`` with a fix for torch's Adam (no TE/apex, e.g. on CPU); the fused
+    Adams of TE and apex keep no per-parameter ``step`` and load through megatron-core unchanged.
 
     megatron-core 0.16 restores Adam's ``step`` from the param groups first and then copies the
     per-parameter tensors into *every* live state key, ``step`` included, which the reshardable format
@@ -230,8 +248,10 @@ def _load_optimizer_state(optimizer, state: dict) -> None:
     """
     patched = []
     for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if hasattr(opt, "_set_main_param_and_optimizer_states") and hasattr(
-            opt, "model_param_group_index_map"
+        if (
+            hasattr(opt, "_set_main_param_and_optimizer_states")
+            and hasattr(opt, "model_param_group_index_map")
+            and keeps_per_parameter_step(getattr(opt, "optimizer", None))
         ):
 
             def set_present(model_param, tensors, _opt=opt):
