@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import os
+
 from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
 from megatron.core.optimizer import get_megatron_optimizer
 
 from megatron_polar.config.schema import PolarConfig
 from megatron_polar.config.to_mcore import ddp_config, ddp_config_aligns_param_gather, optimizer_config
 from megatron_polar.model.reward_model import PolarRewardModel
+from megatron_polar.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def apply_determinism_env(cfg: PolarConfig, environ: dict | None = None) -> None:
+    """With ``train.deterministic=true``, turn off Transformer Engine's non-deterministic attention.
+
+    The launchers export NVTE_ALLOW_NONDETERMINISTIC_ALGO=1 for speed; megatron-core's TE attention
+    refuses deterministic_mode unless it is 0 (megatron/core/extensions/transformer_engine.py:1254-1260
+    in 0.16.1), and TE reads it when the attention runs (dot_product_attention.py:762), so setting it
+    here, before the model is built, is in time.
+    """
+    environ = os.environ if environ is None else environ
+    if cfg.train.deterministic and environ.get("NVTE_ALLOW_NONDETERMINISTIC_ALGO", "1") != "0":
+        log.info("train.deterministic=true: setting NVTE_ALLOW_NONDETERMINISTIC_ALGO=0")
+        environ["NVTE_ALLOW_NONDETERMINISTIC_ALGO"] = "0"
 
 
 def wrap_ddp(cfg: PolarConfig, chunks: list[PolarRewardModel]) -> list[DistributedDataParallel]:
