@@ -26,6 +26,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.validation import StrictHandling
 from torch import nn
 
 from megatron_polar.utils.logging import get_logger
@@ -276,6 +277,36 @@ def _load_optimizer_state(optimizer, state: dict) -> None:
                 param_state["step"] = param_state["step"].clone()
 
 
+def _is_extra_state(key: str) -> bool:
+    return key.endswith("_extra_state") or "._extra_state/" in key
+
+
+def check_absent_keys(path: str | Path, absent: set[str]) -> None:
+    """Tolerate only Transformer Engine ``_extra_state`` entries (FP8 scaling metadata) missing from a
+    checkpoint: one saved with the local spec has none, and TE starts them fresh. Anything else the
+    model needs and the checkpoint lacks is an error naming the keys."""
+    real = sorted(k for k in absent if not _is_extra_state(k))
+    if real:
+        shown = ", ".join(real[:8]) + (f" (+{len(real) - 8} more)" if len(real) > 8 else "")
+        raise CheckpointError(
+            f"cannot load {path}: it has no {shown}. Is it a checkpoint of the same model shape (model=...)?"
+        )
+    if absent:
+        log.info(
+            "%s has no Transformer Engine _extra_state for %d modules: they start fresh", path, len(absent)
+        )
+
+
+def _load_module(path: str | Path, module: nn.Module, state: dict) -> None:
+    """``load_state_dict`` that lets TE's ``_extra_state`` alone be absent (see check_absent_keys)."""
+    result = module.load_state_dict(state, strict=False)
+    bad = [k for k in list(result.missing_keys) + list(result.unexpected_keys) if not _is_extra_state(k)]
+    if bad:
+        raise CheckpointError(
+            f"cannot load {path}: keys do not match the model: {', '.join(sorted(bad)[:8])}"
+        )
+
+
 def load(path: str | Path, chunks: list[nn.Module], optimizer=None) -> dict:
     """Collectively load model (and optimizer/RNG if given) from a complete checkpoint; return train state.
 
@@ -293,16 +324,19 @@ def load(path: str | Path, chunks: list[nn.Module], optimizer=None) -> dict:
         if same_grid:
             state["rng_state"] = _rng_sharded_object()
     try:
-        loaded = dist_checkpointing.load(state, str(path))
+        # RETURN_UNEXPECTED: keys this model asks for that the checkpoint lacks are dropped from the
+        # request and reported (megatron/core/dist_checkpointing/validation.py:124-196, 0.16.1).
+        loaded, _, absent = dist_checkpointing.load(state, str(path), strict=StrictHandling.RETURN_UNEXPECTED)
     except Exception as exc:  # noqa: BLE001 - re-raised with the path and the likely cause
         raise CheckpointError(
             f"cannot load {path}: {exc}. Is it a checkpoint of the same model shape (model=...)?"
         ) from exc
+    check_absent_keys(path, absent)
     if len(chunks) == 1:
-        _unwrap(chunks[0]).load_state_dict(loaded["model"], strict=True)
+        _load_module(path, _unwrap(chunks[0]), loaded["model"])
     else:
         for i, c in enumerate(chunks):
-            _unwrap(c).load_state_dict(loaded[f"model{i}"], strict=True)
+            _load_module(path, _unwrap(c), loaded[f"model{i}"])
     if optimizer is not None:
         _load_optimizer_state(optimizer, loaded["optimizer"])
         if same_grid:

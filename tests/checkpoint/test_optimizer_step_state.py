@@ -109,3 +109,22 @@ def test_decision_by_optimizer_class():
     assert not keeps_per_parameter_step(DocumentedFusedAdam(params))
     assert not keeps_per_parameter_step(torch.optim.SGD(params, lr=0.1))
     assert not keeps_per_parameter_step(None)
+
+
+def test_only_transformer_engine_extra_state_may_be_absent(tmp_path):
+    """A local-spec checkpoint has no TE ``_extra_state``: loading into the TE model tolerates exactly
+    that (tests/gpu/test_training_gpu.py loads one into the real TE model and compares scores)."""
+    from megatron_polar.checkpoint.manager import CheckpointError, check_absent_keys
+
+    check_absent_keys(tmp_path, set())
+    check_absent_keys(
+        tmp_path,
+        {
+            "decoder.layers.self_attention.linear_qkv._extra_state",
+            "decoder.layers.mlp.linear_fc2._extra_state",
+        },
+    )
+    with pytest.raises(CheckpointError, match=r"decoder\.final_layernorm\.weight"):
+        check_absent_keys(
+            tmp_path, {"decoder.final_layernorm.weight", "decoder.layers.mlp.linear_fc1._extra_state"}
+        )
