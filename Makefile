@@ -4,9 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# GPU targets run in the interpreter that is already there (NVIDIA's PyTorch container: torch, TE, apex),
+# never in a fresh venv, which would hold neither TE nor apex.
+GPU_PYTHON ?= python
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-gpu lint format demo bench clean
+.PHONY: help install test test-gpu gpu-smoke lint format demo bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,8 +27,11 @@ install: $(STAMP) ## Create .venv in the repo and install everything (pinned dev
 test: $(STAMP) ## Run the test suite (CPU, gloo; GPU-marked tests skip without a GPU)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-gpu: $(STAMP) ## Run only the GPU-marked tests (on a machine with a GPU and Transformer Engine)
-	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+test-gpu: ## GPU-marked tests in the current Python (the container's; GPU_PYTHON=...); no venv
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -m gpu $(PYTEST_ARGS)
+
+gpu-smoke: ## One-GPU smoke run (<10 min in NVIDIA's container): prints a table, writes gpu_smoke.json
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_smoke.py --out gpu_smoke.json $(SMOKE_ARGS)
 
 demo: $(STAMP) ## End-to-end POLAR demo on the CPU, offline (report: demo_out/report/REPORT.md; REBUILD=1 redoes all)
 	$(PY) -m megatron_polar.demo --check $(if $(REBUILD),--rebuild) $(DEMO_ARGS)
