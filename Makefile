@@ -8,9 +8,12 @@ PYTEST_ARGS ?=
 COMPAT_PYTHON ?= $(or $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12))),python3.12)
 COMPAT_VENV   := .venv-compat
 COMPAT_STAMP  := $(COMPAT_VENV)/.installed
+# GPU targets run in the interpreter that is already there (NVIDIA's PyTorch container: torch, TE, apex),
+# never in a fresh venv, which would hold neither TE nor apex.
+GPU_PYTHON ?= python
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-compat test-gpu lint format demo bench clean
+.PHONY: help install test test-compat test-gpu gpu-smoke lint format demo bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,8 +41,11 @@ $(COMPAT_STAMP): requirements-compat.txt
 test-compat: $(COMPAT_STAMP) ## CPU suite on Python 3.12 + newest megatron-core/torch/transformers (.venv-compat; first run downloads ~4 GB)
 	PYTHONPATH=$(CURDIR) $(COMPAT_VENV)/bin/python -m pytest -m "not gpu" $(PYTEST_ARGS)
 
-test-gpu: $(STAMP) ## Run only the GPU-marked tests (on a machine with a GPU and Transformer Engine)
-	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+test-gpu: ## GPU-marked tests in the current Python (the container's; GPU_PYTHON=...); no venv
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -m gpu $(PYTEST_ARGS)
+
+gpu-smoke: ## One-GPU smoke run (<10 min in NVIDIA's container): prints a table, writes gpu_smoke.json
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_smoke.py --out gpu_smoke.json $(SMOKE_ARGS)
 
 demo: $(STAMP) ## End-to-end POLAR demo on the CPU, offline (report: demo_out/report/REPORT.md; REBUILD=1 redoes all)
 	$(PY) -m megatron_polar.demo --check $(if $(REBUILD),--rebuild) $(DEMO_ARGS)

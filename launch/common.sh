@@ -76,12 +76,50 @@ polar_env_cluster() {
 	# failing the collective (NCCL's default 18 gives ~1 s).
 	polar_export NCCL_IB_TIMEOUT 22
 	polar_export NCCL_IB_RETRY_CNT 7
-	# Bootstrap and out-of-band traffic: any real interface, never loopback or container bridges.
+	# NCCL bootstrap and out-of-band traffic: any real interface, never loopback or container bridges
+	# (NCCL's own syntax: a leading ^ excludes the listed prefixes).
 	polar_export NCCL_SOCKET_IFNAME "^lo,docker0"
-	# gloo (used for CPU-side groups and checkpoint coordination) must pick the same kind of interface.
-	polar_export GLOO_SOCKET_IFNAME "${NCCL_SOCKET_IFNAME}"
+	# gloo (the CPU-side groups megatron-core creates by default, checkpoint coordination) takes exact
+	# interface names only: torch splits GLOO_SOCKET_IFNAME on ',' and binds to each entry, so NCCL's
+	# "^lo,docker0" fails every start with "Unable to find address for: ^lo". Name a real interface.
+	polar_gloo_env
 	# Warnings only: INFO from 900 ranks floods the logs; set NCCL_DEBUG=INFO to debug a hang.
 	polar_export NCCL_DEBUG WARN
+}
+
+# The interface that carries this node's default route (the one other nodes reach it through); without
+# the `ip` tool, the first interface that is up and is neither loopback nor a container bridge. Prints
+# nothing when there is none.
+polar_gloo_ifname() {
+	local dev path name
+	dev=$(ip -o -4 route show default 2>/dev/null |
+		awk '{for (i = 1; i < NF; i++) if ($i == "dev") {print $(i + 1); exit}}')
+	if [[ -z $dev ]]; then
+		for path in /sys/class/net/*; do
+			name=${path##*/}
+			case $name in lo | docker* | veth* | virbr* | br-*) continue ;; esac
+			[[ $(cat "$path/operstate" 2>/dev/null) == up ]] || continue
+			dev=$name
+			break
+		done
+	fi
+	printf '%s' "$dev"
+}
+
+# Export GLOO_SOCKET_IFNAME: the caller's value when it is a list of names, else the derived interface;
+# leave it unset when none is found (gloo then binds to the address the host name resolves to).
+polar_gloo_env() {
+	if [[ -n ${GLOO_SOCKET_IFNAME:-} ]]; then
+		[[ $GLOO_SOCKET_IFNAME != *[\^=]* ]] || polar_die "GLOO_SOCKET_IFNAME=$GLOO_SOCKET_IFNAME uses NCCL's" \
+			"^/= syntax; gloo takes exact interface names (e.g. GLOO_SOCKET_IFNAME=eth0), or unset it"
+		polar_export GLOO_SOCKET_IFNAME "$GLOO_SOCKET_IFNAME"
+		return
+	fi
+	local dev
+	dev=$(polar_gloo_ifname)
+	if [[ -n $dev ]]; then
+		polar_export GLOO_SOCKET_IFNAME "$dev"
+	fi
 }
 
 # Print the resolved layout (python -m megatron_polar.plan --brief). Returns 2 when the layout cannot
@@ -166,6 +204,10 @@ polar_slurm_launch() {
 	local task
 	# shellcheck disable=SC2016  # expanded by each task, not here
 	task='export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS NODE_RANK=$SLURM_NODEID; '
+	# GLOO_SOCKET_IFNAME was derived on the batch node: where this node has no interface of that name,
+	# fall back to gloo's own choice rather than fail at start-up.
+	# shellcheck disable=SC2016
+	task+='[[ -z ${GLOO_SOCKET_IFNAME:-} || -e /sys/class/net/${GLOO_SOCKET_IFNAME%%,*} ]] || unset GLOO_SOCKET_IFNAME; '
 	task+="exec $(printf '%q' "$py")"' -m megatron_polar.train "$@"'
 	# srun does not inherit sbatch's --cpus-per-task (Slurm >= 22.05): pass it on explicitly.
 	local -a srun_cmd=(

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.validation import StrictHandling
 from torch import nn
 
 from megatron_polar.utils.logging import get_logger
@@ -202,11 +203,26 @@ def read_config_yaml(path: str | Path) -> str:
     return cfg.read_text()
 
 
+def keeps_per_parameter_step(inner) -> bool:
+    """Whether ``inner`` (the torch optimizer inside megatron-core's wrapper) keeps ``step`` per parameter.
+
+    torch's Adam/AdamW do, and megatron-core's checkpoint code expects it there when neither TE nor apex
+    is installed (megatron/core/optimizer/distrib_optimizer.py:639-643 and :817-825 in 0.16.1). The fused
+    Adams keep ``step`` in the param group: Transformer Engine's ``FusedAdam.state_dict`` un-scales every
+    per-parameter key through ``name_to_dtype_map``, which holds only exp_avg, exp_avg_sq and
+    master_param (transformer_engine/pytorch/optimizers/fused_adam.py:199-203, :478-497, :279), so a
+    ``step`` there raises KeyError; apex's FusedAdam likewise steps ``group["step"]``
+    (apex/optimizers/fused_adam.py:180-186).
+    """
+    return isinstance(inner, (torch.optim.Adam, torch.optim.AdamW))
+
+
 def _init_optimizer_state(optimizer) -> None:
-    """Give every parameter an Adam state (zeros, step 0) so the loading state dict has its structure.
+    """Give every parameter an Adam state (zeros) so the loading state dict has its structure.
 
     megatron-core builds the optimizer's loading template from the live state, which a fresh optimizer
-    (no step taken yet) does not have; without TE/apex it also requires a per-parameter ``step``.
+    (no step taken yet) does not have. torch's Adam also gets a per-parameter ``step`` (0), which
+    megatron-core requires without TE/apex; the fused Adams of TE and apex must not get one.
     """
     for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
         inner = getattr(opt, "optimizer", None)
@@ -214,13 +230,16 @@ def _init_optimizer_state(optimizer) -> None:
             continue
         if getattr(opt, "init_state_fn", None) is not None:
             opt.init_state_fn(inner, opt.config)
+        if not keeps_per_parameter_step(inner):
+            continue
         for group in inner.param_groups:
             for param in group["params"]:
                 inner.state[param].setdefault("step", torch.tensor(0.0))
 
 
 def _load_optimizer_state(optimizer, state: dict) -> None:
-    """``optimizer.load_state_dict`` with a fix for torch's Adam (no TE/apex, e.g. on CPU).
+    """``optimizer.load_state_dict`` with a fix for torch's Adam (no TE/apex, e.g. on CPU); the fused
+    Adams of TE and apex keep no per-parameter ``step`` and load through megatron-core unchanged.
 
     megatron-core 0.16 restores Adam's ``step`` from the param groups first and then copies the
     per-parameter tensors into *every* live state key, ``step`` included, which the reshardable format
@@ -230,8 +249,10 @@ def _load_optimizer_state(optimizer, state: dict) -> None:
     """
     patched = []
     for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if hasattr(opt, "_set_main_param_and_optimizer_states") and hasattr(
-            opt, "model_param_group_index_map"
+        if (
+            hasattr(opt, "_set_main_param_and_optimizer_states")
+            and hasattr(opt, "model_param_group_index_map")
+            and keeps_per_parameter_step(getattr(opt, "optimizer", None))
         ):
 
             def set_present(model_param, tensors, _opt=opt):
@@ -256,6 +277,36 @@ def _load_optimizer_state(optimizer, state: dict) -> None:
                 param_state["step"] = param_state["step"].clone()
 
 
+def _is_extra_state(key: str) -> bool:
+    return key.endswith("_extra_state") or "._extra_state/" in key
+
+
+def check_absent_keys(path: str | Path, absent: set[str]) -> None:
+    """Tolerate only Transformer Engine ``_extra_state`` entries (FP8 scaling metadata) missing from a
+    checkpoint: one saved with the local spec has none, and TE starts them fresh. Anything else the
+    model needs and the checkpoint lacks is an error naming the keys."""
+    real = sorted(k for k in absent if not _is_extra_state(k))
+    if real:
+        shown = ", ".join(real[:8]) + (f" (+{len(real) - 8} more)" if len(real) > 8 else "")
+        raise CheckpointError(
+            f"cannot load {path}: it has no {shown}. Is it a checkpoint of the same model shape (model=...)?"
+        )
+    if absent:
+        log.info(
+            "%s has no Transformer Engine _extra_state for %d modules: they start fresh", path, len(absent)
+        )
+
+
+def _load_module(path: str | Path, module: nn.Module, state: dict) -> None:
+    """``load_state_dict`` that lets TE's ``_extra_state`` alone be absent (see check_absent_keys)."""
+    result = module.load_state_dict(state, strict=False)
+    bad = [k for k in list(result.missing_keys) + list(result.unexpected_keys) if not _is_extra_state(k)]
+    if bad:
+        raise CheckpointError(
+            f"cannot load {path}: keys do not match the model: {', '.join(sorted(bad)[:8])}"
+        )
+
+
 def load(path: str | Path, chunks: list[nn.Module], optimizer=None) -> dict:
     """Collectively load model (and optimizer/RNG if given) from a complete checkpoint; return train state.
 
@@ -273,16 +324,19 @@ def load(path: str | Path, chunks: list[nn.Module], optimizer=None) -> dict:
         if same_grid:
             state["rng_state"] = _rng_sharded_object()
     try:
-        loaded = dist_checkpointing.load(state, str(path))
+        # RETURN_UNEXPECTED: keys this model asks for that the checkpoint lacks are dropped from the
+        # request and reported (megatron/core/dist_checkpointing/validation.py:124-196, 0.16.1).
+        loaded, _, absent = dist_checkpointing.load(state, str(path), strict=StrictHandling.RETURN_UNEXPECTED)
     except Exception as exc:  # noqa: BLE001 - re-raised with the path and the likely cause
         raise CheckpointError(
             f"cannot load {path}: {exc}. Is it a checkpoint of the same model shape (model=...)?"
         ) from exc
+    check_absent_keys(path, absent)
     if len(chunks) == 1:
-        _unwrap(chunks[0]).load_state_dict(loaded["model"], strict=True)
+        _load_module(path, _unwrap(chunks[0]), loaded["model"])
     else:
         for i, c in enumerate(chunks):
-            _unwrap(c).load_state_dict(loaded[f"model{i}"], strict=True)
+            _load_module(path, _unwrap(c), loaded[f"model{i}"])
     if optimizer is not None:
         _load_optimizer_state(optimizer, loaded["optimizer"])
         if same_grid:

@@ -79,16 +79,32 @@ def transformer_config(cfg: PolarConfig, *, use_te: bool, on_gpu: bool) -> Trans
     )
 
 
+def ddp_config_aligns_param_gather(cfg: PolarConfig) -> bool:
+    """Whether the parameter all-gathers are aligned across pipeline stages (dispatched by the schedule).
+
+    As Megatron decides: only with the overlapped gather under the interleaved schedule
+    (megatron/training/arguments.py:1010-1013 at d98e8a6 turns it off otherwise).
+    """
+    p = cfg.parallel
+    return bool(
+        p.overlap_param_gather and p.use_distributed_optimizer and p.virtual_pipeline_model_parallel_size
+    )
+
+
 def ddp_config(cfg: PolarConfig) -> DistributedDataParallelConfig:
-    """Gradient buffers in fp32 with overlapped reduce(-scatter) for the distributed optimizer."""
+    """Gradient buffers in fp32 with overlapped reduce(-scatter) for the distributed optimizer.
+
+    The bucket size is megatron-core's own choice: max(4e7, 1e6 x DP) elements with an overlapped
+    reduce, one bucket without (megatron/core/distributed/distributed_data_parallel.py:62-68, 0.16.1).
+    """
     p = cfg.parallel
     return DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=p.overlap_grad_reduce,
         overlap_param_gather=p.overlap_param_gather and p.use_distributed_optimizer,
+        align_param_gather=ddp_config_aligns_param_gather(cfg),
         use_distributed_optimizer=p.use_distributed_optimizer,
         check_for_nan_in_grad=False,  # we check the loss and grad norm ourselves, on every step
-        bucket_size=None if p.overlap_grad_reduce else None,
     )
 
 
@@ -110,4 +126,7 @@ def optimizer_config(cfg: PolarConfig, lr: float) -> OptimizerConfig:
         params_dtype=dtype,
         use_distributed_optimizer=p.use_distributed_optimizer,
         overlap_param_gather_with_optimizer_step=False,
+        # fp16 only: start the dynamic loss scale at torch GradScaler's 2^16 rather than megatron-core's
+        # 2^32, which overflows and skips the first ~16 updates while it halves its way down.
+        initial_loss_scale=2.0**16,
     )

@@ -91,6 +91,51 @@ def validate_model(cfg: PolarConfig) -> None:
         raise ConfigError("model.fp8 needs train.precision=bf16 (or fp16)")
     if m.fp8 is not None and m.transformer_impl == "local":
         raise ConfigError("model.fp8 needs model.transformer_impl=transformer_engine or auto")
+    if m.fp8 is not None:
+        validate_fp8_dims(cfg)
+
+
+def fp8_gemm_dims(cfg: PolarConfig) -> dict[str, int]:
+    """Every GEMM dimension this rank's FP8 layers see, by the config key that sets it."""
+    m, tp = cfg.model, cfg.parallel.tensor_model_parallel_size
+    head_dim = m.hidden_size // m.num_attention_heads
+    return {
+        "model.hidden_size": m.hidden_size,
+        "model.ffn_hidden_size / parallel.tensor_model_parallel_size": m.ffn_hidden_size // tp,
+        "model.num_attention_heads x head_dim / parallel.tensor_model_parallel_size": (
+            m.num_attention_heads * head_dim // tp
+        ),
+        "(model.num_attention_heads + 2 x model.num_query_groups) x head_dim / "
+        "parallel.tensor_model_parallel_size": (m.num_attention_heads + 2 * m.num_query_groups)
+        * head_dim
+        // tp,
+        "data.seq_length": cfg.data.seq_length,
+    }
+
+
+def validate_fp8_dims(cfg: PolarConfig) -> None:
+    """FP8 GEMMs need every dimension a multiple of 16 (Transformer Engine raises at the first forward
+    otherwise: transformer_engine/pytorch/utils.py:609-624, last dim % 16, leading dims % 8)."""
+    bad = {key: value for key, value in fp8_gemm_dims(cfg).items() if value % 16}
+    if bad:
+        raise ConfigError(
+            "model.fp8 needs GEMM dimensions that are multiples of 16: "
+            + "; ".join(f"{key} = {value}" for key, value in bad.items())
+        )
+
+
+def validate_fp8_hardware(cfg: PolarConfig, capability: tuple[int, int]) -> None:
+    """Reject an FP8 recipe the GPU cannot run, before any model is built.
+
+    MXFP8 needs compute capability 10.x (Blackwell); H100/H800 are 9.0 (Transformer Engine:
+    transformer_engine/pytorch/quantization.py:162-168).
+    """
+    m = cfg.model
+    if m.fp8 is not None and m.fp8_recipe == "mxfp8" and not (10, 0) <= tuple(capability) < (12, 0):
+        raise ConfigError(
+            f"model.fp8_recipe=mxfp8 needs a GPU of compute capability 10.x (Blackwell); this one is "
+            f"sm{capability[0]}{capability[1]}: use model.fp8_recipe=delayed or tensorwise"
+        )
 
 
 def validate(cfg: PolarConfig) -> None:

@@ -23,13 +23,36 @@ from megatron_polar.utils.logging import get_logger
 log = get_logger(__name__)
 
 
+@dataclass(frozen=True)
+class DevicePlan:
+    """Where this process runs, decided from ``parallel.backend`` and whether a GPU is usable."""
+
+    gpu: bool  # CUDA with NCCL; otherwise the CPU with gloo and the CPU backend
+    hide_gpus: bool  # a CPU run on a GPU host: CUDA is reported absent to everything in this process
+
+
+def plan_device(backend: str, gpu_present: bool) -> DevicePlan:
+    """``auto``: the GPU when there is one; ``gloo``: the CPU even on a GPU host (CPU tools such as
+    ``convert import-hf --device cpu`` and the demo's evaluation); ``nccl``: the GPU or an error."""
+    if backend == "gloo":
+        return DevicePlan(gpu=False, hide_gpus=gpu_present)
+    if backend == "nccl" and not gpu_present:
+        raise ConfigError("parallel.backend=nccl but no CUDA device is usable; use backend=gloo or auto")
+    return DevicePlan(gpu=gpu_present, hide_gpus=False)
+
+
 def use_gpu(backend: str = "auto") -> bool:
     """Whether this process runs on a GPU (``auto``: when CUDA is usable)."""
-    if backend == "gloo":
-        return False
-    if backend == "nccl" and not torch.cuda.is_available():
-        raise ConfigError("parallel.backend=nccl but no CUDA device is usable; use backend=gloo or auto")
-    return torch.cuda.is_available()
+    return plan_device(backend, torch.cuda.is_available()).gpu
+
+
+def _hide_gpus() -> None:
+    """Make this process a CPU process on a GPU host: the CPU backend refuses to redirect CUDA calls
+    while CUDA is usable (so that a GPU job never falls back silently); an explicit gloo run asks for
+    exactly that, and must not touch the GPU through any ``is_available()`` check either."""
+    log.warning("parallel.backend=gloo on a machine with a GPU: this process runs on the CPU")
+    torch.cuda.is_available = lambda: False
+    torch.cuda.device_count = lambda: 0
 
 
 @dataclass(frozen=True)
@@ -95,10 +118,13 @@ def initialize(parallel: ParallelConfig, seed: int) -> Topology:
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
     check_world_size(parallel, world_size)
-    gpu = use_gpu(parallel.backend)
+    plan = plan_device(parallel.backend, torch.cuda.is_available())
+    gpu = plan.gpu
     if gpu:
         torch.cuda.set_device(local_rank)
     else:
+        if plan.hide_gpus and not cpu_backend.is_enabled():
+            _hide_gpus()
         cpu_backend.enable()
 
     if not dist.is_initialized():

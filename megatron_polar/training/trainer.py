@@ -17,6 +17,7 @@ from megatron_polar.config import from_yaml, to_yaml
 from megatron_polar.config.hparams import require_law_inputs, scaling_law_batch_size, scaling_law_lr
 from megatron_polar.config.loader import ConfigError
 from megatron_polar.config.schema import PolarConfig
+from megatron_polar.config.validate import validate_fp8_hardware
 from megatron_polar.data.dataset import (
     PairBatches,
     PairPool,
@@ -29,7 +30,7 @@ from megatron_polar.model.builder import build_model_chunks, count_parameters, r
 from megatron_polar.parallel import topology
 from megatron_polar.training.forward_step import forward_backward
 from megatron_polar.training.optim import build_scheduler, current_lr, guarded_step
-from megatron_polar.training.setup import build_optimizer, wrap_ddp
+from megatron_polar.training.setup import apply_determinism_env, build_optimizer, force_param_sync, wrap_ddp
 from megatron_polar.training.signals import ExitSignal
 from megatron_polar.utils.logging import get_logger
 from megatron_polar.utils.metrics import MetricsWriter, model_flops
@@ -115,7 +116,10 @@ class Trainer:
     """Owns the model, optimizer, data and writers of one run; :meth:`fit` runs it."""
 
     def __init__(self, cfg: PolarConfig):
+        apply_determinism_env(cfg)
         self.topo = topology.initialize(cfg.parallel, cfg.train.seed)
+        if self.topo.device.type == "cuda":
+            validate_fp8_hardware(cfg, torch.cuda.get_device_capability())
         train_pool, valid_pool, tokenizer = _pools(cfg)
         cfg = resolve_tokens(cfg, tokenizer)
         self.use_te = resolve_use_te(cfg)
@@ -207,6 +211,7 @@ class Trainer:
 
     def save(self) -> str:
         ck = self.cfg.checkpoint
+        force_param_sync(self.cfg, self.model)  # with overlap_param_gather, other ranks' shards lag a step
         path = manager.save(
             self.ckpt_dir,
             self.step,
@@ -246,8 +251,12 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         tokens, sq = self._tokens(batches)
         flops = model_flops(self.cfg.model, int(tokens), int(sq))
+        extra = {}
+        if self.cfg.train.precision == "fp16":
+            extra["loss_scale"] = float(self.optimizer.get_loss_scale())
         return {
             **result.metrics,
+            **extra,
             "lr": lr,
             "grad_norm": grad_norm,
             "pairs": result.pairs,
@@ -296,7 +305,15 @@ class Trainer:
             while self.step < self.train_iters:
                 metrics = self.train_step()
                 self.step += 1
-                if metrics["skipped"]:
+                if metrics["skipped"] and cfg.train.precision == "fp16" and math.isfinite(metrics["loss"]):
+                    # Dynamic loss scaling: an overflowing gradient skips the update and lowers the
+                    # scale, as in Megatron's loop; a normal event while the scale settles, not a NaN.
+                    log.info(
+                        "step %d: fp16 gradient overflow, update skipped; loss scale now %g",
+                        self.step,
+                        metrics["loss_scale"],
+                    )
+                elif metrics["skipped"]:
                     log.warning(
                         "step %d: non-finite loss or gradient (loss %s, grad norm %s)",
                         self.step,

@@ -8,14 +8,27 @@ from megatron_polar.config import load_config
 from megatron_polar.data.batching import collate_packed, collate_padded
 from megatron_polar.model.builder import build_model_chunks
 from megatron_polar.parallel import topology
+from megatron_polar.training.setup import wrap_ddp
 from tests.distributed.workers import random_pairs
 
 
 def te_packed_vs_padded(overrides: list[str]) -> dict:
     """Rewards and reward-head gradients of THD-packed rows against padded rows, TE spec on one GPU."""
-    cfg = load_config(["model.transformer_impl=transformer_engine", "data.seq_length=256", *overrides])
+    cfg = load_config(
+        [
+            "model.transformer_impl=transformer_engine",
+            "data.seq_length=256",
+            # one synchronous reduce, so main_grad holds this backward's gradient when it returns
+            "parallel.overlap_grad_reduce=false",
+            "parallel.use_distributed_optimizer=false",
+            *overrides,
+        ]
+    )
     topo = topology.initialize(cfg.parallel, seed=1234)
     [model] = build_model_chunks(cfg)
+    # Wrapped as training wraps it: TE's gradient_accumulation_fusion writes into weight.main_grad,
+    # which only megatron-core's DDP allocates.
+    [ddp] = wrap_ddp(cfg, [model])
     with torch.no_grad():
         model.reward_head.weight.normal_(0, 0.3)
     pairs = random_pairs(4, vocab=500, lo=16, hi=100, seed=0)
@@ -23,13 +36,36 @@ def te_packed_vs_padded(overrides: list[str]) -> dict:
     packed = collate_packed([pairs[:2], pairs[2:]], 512, thd=True).to(topo.device)
     out = {}
     for name, batch in (("padded", padded), ("packed", packed)):
-        model.zero_grad()
-        rewards = model(batch)
+        ddp.zero_grad_buffer()
+        rewards = ddp(batch)
         rewards.sum().backward()
+        ddp.finish_grad_sync()
         out[name] = {
             "rewards": rewards.detach().float().cpu(),
-            "head_grad": model.reward_head.weight.grad.float().cpu(),
+            "head_grad": model.reward_head.weight.main_grad.float().cpu(),
         }
+    return out
+
+
+def local_checkpoint_into_te(root: str) -> dict:
+    """Rewards of a checkpoint saved with the local spec, scored by the local and by the TE model."""
+    from megatron_polar.checkpoint import manager
+    from megatron_polar.config import to_yaml
+    from megatron_polar.model.standalone import load_checkpoint_model
+
+    cfg = load_config(["model.transformer_impl=local", "train.precision=bf16"])
+    topology.initialize(cfg.parallel, seed=1234)
+    [model] = build_model_chunks(cfg)
+    with torch.no_grad():
+        model.reward_head.weight.normal_(0, 0.3)
+    manager.save(root, 1, [model], config_yaml=to_yaml(cfg))
+    pairs = random_pairs(4, vocab=500, lo=16, hi=100, seed=1)
+    out = {}
+    for impl in ("local", "transformer_engine"):
+        _, m = load_checkpoint_model(root, precision="bf16", device="cuda", transformer_impl=impl)
+        batch = collate_padded(pairs, 256, explicit_mask=impl == "local").to("cuda")
+        with torch.no_grad():
+            out[impl] = m(batch).float().cpu()
     return out
 
 
