@@ -190,7 +190,7 @@ polar_slurm_launch() {
 	local -a overrides=("logging.run_dir=$run_dir" "$@")
 
 	local -a container=()
-	local image=${CONTAINER_IMAGE:-nvcr.io#nvidia/pytorch:25.01-py3}
+	local image=${CONTAINER_IMAGE:-nvcr.io#nvidia/pytorch:25.09-py3}
 	if [[ $image != none ]]; then
 		# The repository is mounted at the same path, so code, logs and run directories keep their names.
 		local mounts="$POLAR_ROOT:$POLAR_ROOT${CONTAINER_MOUNTS:+,$CONTAINER_MOUNTS}"

@@ -156,7 +156,7 @@ def test_dry_run_container_flags(tmp_path):
     env = slurm_env(tmp_path, 2)
     env.update(DRY_RUN="1", CONTAINER_MOUNTS="/data:/data,/ckpt:/ckpt")
     srun = parse_dry_run(run_script("sft_7b", env).stdout)["srun"]
-    assert "--container-image=nvcr.io#nvidia/pytorch:25.01-py3" in srun
+    assert "--container-image=nvcr.io#nvidia/pytorch:25.09-py3" in srun
     assert f"--container-mounts={ROOT}:{ROOT},/data:/data,/ckpt:/ckpt" in srun
     assert f"--container-workdir={ROOT}" in srun
 
