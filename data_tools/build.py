@@ -151,8 +151,6 @@ def build_dataset(
         RecordError: under ``cfg.strict``, the first bad row (its message names ``file:line``).
         InputError: an input is missing or truncated.
     """
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
     from data_tools.index_builder import CompactIndexedDatasetBuilder
 
     check_lengths(cfg.max_length, cfg.max_response_length)
@@ -210,10 +208,8 @@ def build_dataset(
                 bar.set_postfix(tok_s=f"{totals.tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
         builder.finalize(tmp["idx"])
         elapsed = time.perf_counter() - start
-        # Copy: megatron unmaps the index when the dataset object dies, invalidating views into it.
-        built = IndexedDataset(tmp_prefix)
-        lengths = np.array(built.sequence_lengths, dtype=np.int64).reshape(-1, contract.SEQUENCES_PER_PAIR)
-        del built
+        # From the builder, not by reopening the files: megatron cannot map an empty .bin (an empty shard).
+        lengths = builder_lengths(builder)
         manifest = _manifest(paths, infos, tokenizer, cfg, dtype, totals, lengths, elapsed)
         if spec.sharded:
             manifest["shard"] = {
@@ -247,6 +243,12 @@ def build_dataset(
         totals.tokens / max(elapsed, 1e-9),
     )
     return manifest
+
+
+def builder_lengths(builder) -> np.ndarray:
+    """[pairs, 2] sequence lengths a ``CompactIndexedDatasetBuilder`` has written."""
+    lengths = np.frombuffer(builder.sequence_lengths, dtype=np.int32).astype(np.int64)
+    return lengths.reshape(-1, contract.SEQUENCES_PER_PAIR)
 
 
 def _log_bad_rows(result: ChunkResult, totals: BuildTotals) -> None:

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from data_tools.build import length_stats
+from data_tools.build import builder_lengths, length_stats
 from data_tools.pairing import done_path
 from data_tools.records import BadRows
 from data_tools.sharding import shard_path, shard_prefix
@@ -98,8 +98,6 @@ def merge_build(prefix: str, count: int, overwrite: bool = False, remove_shards:
     The ``.bin``/``.idx`` equal a one-process build's byte for byte; the manifest equals its in every
     field but the timings (``created_unix``, ``build``) and the hashes of inputs split between shards.
     """
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
     from data_tools.index_builder import CompactIndexedDatasetBuilder
 
     start = time.perf_counter()
@@ -119,12 +117,11 @@ def merge_build(prefix: str, count: int, overwrite: bool = False, remove_shards:
     dtype = np.dtype(manifests[0]["dtype"])
     try:
         builder = CompactIndexedDatasetBuilder(tmp["bin"], dtype=dtype.type)
-        for i in range(count):
-            builder.add_index(shard_prefix(prefix, i, count))
+        for i, m in enumerate(manifests):
+            if m["counts"]["pairs_written"]:  # megatron cannot map an empty shard's .bin; nothing to add
+                builder.add_index(shard_prefix(prefix, i, count))
         builder.finalize(tmp["idx"])
-        built = IndexedDataset(tmp_prefix)
-        lengths = np.array(built.sequence_lengths, dtype=np.int64).reshape(-1, contract.SEQUENCES_PER_PAIR)
-        del built
+        lengths = builder_lengths(builder)
         max_examples = manifests[0]["shard"].get("max_examples", 5)
         manifest = {k: v for k, v in manifests[0].items() if k != "shard"}
         manifest.update(

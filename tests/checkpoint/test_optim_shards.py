@@ -49,7 +49,7 @@ def test_optimizer_state_reloads_at_another_layout(
     tmp_path, save_layout, save_megatron, load_layout, load_megatron
 ):
     root = str(tmp_path / "ckpt")
-    saved = run_distributed(optim_workers.save_worker, 2, save_layout, root, save_megatron)
+    saved = run_distributed(optim_workers.save_worker, 2, save_layout, root, save_megatron, timeout=600)
     if save_layout == "single":  # DP2: each rank holds half the optimizer state
         for r in saved:
             assert (
@@ -57,7 +57,7 @@ def test_optimizer_state_reloads_at_another_layout(
             )  # fp32 param, exp_avg, exp_avg_sq: own shard only
             assert r["megatron_bytes"] >= 3 * 4 * r["slice_numel"]  # the gathered TP/PP slice
             assert r["ours_bytes"] * 2 <= r["megatron_bytes"] * 1.01
-    loaded = run_distributed(optim_workers.load_worker, 2, load_layout, root, load_megatron)
+    loaded = run_distributed(optim_workers.load_worker, 2, load_layout, root, load_megatron, timeout=600)
     assert sum(r["checked"] for r in loaded) > 0
     for r in loaded:
         _same_weights(r["weights"], saved[0]["weights"])

@@ -183,3 +183,17 @@ def test_cli_shards_and_merge(tmp_path, sp_model, capsys):
     capsys.readouterr()
     assert main(["merge", "build", "-o", prefix, "--num-shards", "2"]) == 0
     assert json.loads(capsys.readouterr().out)["pairs_written"] == len(open_pair_dataset(prefix))
+
+
+def test_more_shards_than_rows_leaves_empty_shards_that_merge(tmp_path, sp_tok):
+    src = write_jsonl(tmp_path / "few.jsonl", [r for r in make_triples(12) if _valid(r)][:4])
+    one = build_dataset([src], str(tmp_path / "one"), sp_tok, _cfg())
+    prefix = str(tmp_path / "many")
+    rows = [
+        build_dataset([src], prefix, sp_tok, _cfg(num_shards=9, shard_index=i))["counts"]["rows_read"]
+        for i in range(9)
+    ]
+    assert rows.count(0) >= 5 and sum(rows) == one["counts"]["rows_read"]
+    merge_build(prefix, 9)
+    for ext in (".bin", ".idx"):
+        assert (tmp_path / f"one{ext}").read_bytes() == (tmp_path / f"many{ext}").read_bytes()
