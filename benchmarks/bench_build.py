@@ -8,7 +8,10 @@ Measures, on one synthetic corpus and one sentencepiece model trained here:
   validation, the released decode and whole-string re-encode, shard writing and merging included), as a
   ratio to raw (about 0.35-0.42x per worker: the released algorithm tokenizes most text about 3 times);
   and the tokens written per second (prompt and reference appear in both sequences, so this is higher);
-* peak RSS of the main process and of each worker for the 20k-row input and a 5x larger one.
+* peak RSS of the main process and of each worker for the 20k-row input and a 5x larger one;
+* sharded build: the same input as 1 shard in one process vs 2 shards (``--num-shards 2``) in two
+  concurrent single-worker processes, wall-clock throughput ratio (target >= 1.8x on 2 cores) with and
+  without the ``merge`` step, and whether the merged ``.bin``/``.idx`` equal the 1-shard build's.
 
 Builds run as subprocesses so each RSS figure is that build's own. Run: ``python benchmarks/bench_build.py``.
 """
@@ -74,9 +77,8 @@ def raw_encode_rate(corpus: str, model: str) -> tuple[float, int]:
     return tokens / (time.perf_counter() - start), tokens
 
 
-def run_build(corpus: str, model: str, prefix: str, workers: int) -> dict:
-    """One build in a fresh process; returns its manifest."""
-    cmd = [
+def _build_cmd(corpus: str, model: str, prefix: str, workers: int, *extra: str) -> list[str]:
+    return [
         sys.executable,
         "-W",
         "ignore",
@@ -94,11 +96,62 @@ def run_build(corpus: str, model: str, prefix: str, workers: int) -> dict:
         str(workers),
         "--no-progress",
         "--overwrite",
+        *extra,
     ]
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def run_build(corpus: str, model: str, prefix: str, workers: int) -> dict:
+    """One build in a fresh process; returns its manifest."""
+    cmd = _build_cmd(corpus, model, prefix, workers)
+    subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL)
     with open(prefix + ".manifest.json", encoding="utf-8") as f:
         return json.load(f)
+
+
+def sharded_build(corpus: str, model: str, tmp: str, shards: int = 2) -> dict:
+    """Wall-clock tokens/s of 1 shard in one process vs ``shards`` concurrent single-worker shard
+    processes (plus the merge), on the same input; and whether the merged files are identical."""
+    one = os.path.join(tmp, "shard-base")
+    start = time.perf_counter()
+    tokens = run_build(corpus, model, one, 1)["build"]["encoded_tokens"]
+    base_s = time.perf_counter() - start
+    prefix = os.path.join(tmp, "sharded")
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            _build_cmd(corpus, model, prefix, 1, "--num-shards", str(shards), "--shard-index", str(i)),
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+        )
+        for i in range(shards)
+    ]
+    if any(p.wait() for p in procs):
+        raise RuntimeError("a shard build failed")
+    shards_s = time.perf_counter() - start
+    merge = [sys.executable, "-W", "ignore", "-m", "data_tools", "--log-level", "WARNING", "merge", "build"]
+    subprocess.run(
+        [*merge, "-o", prefix, "--num-shards", str(shards)], check=True, env=_env(), stdout=subprocess.DEVNULL
+    )
+    total_s = time.perf_counter() - start
+    identical = all(
+        open(one + ext, "rb").read() == open(prefix + ext, "rb").read() for ext in (".bin", ".idx")
+    )
+    return {
+        "shards": shards,
+        "encoded_tokens": tokens,
+        "one_shard_seconds": base_s,
+        "sharded_seconds": shards_s,
+        "sharded_with_merge_seconds": total_s,
+        "one_shard_tokens_per_s": tokens / base_s,
+        "tokens_per_s_per_core": tokens / shards_s / shards,
+        "speedup": base_s / shards_s,
+        "speedup_with_merge": base_s / total_s,
+        "identical": identical,
+    }
 
 
 def _build_figures(b: dict, raw_rate: float) -> dict:
@@ -150,12 +203,24 @@ def main() -> dict:
                 "worker_peak_rss_mb": max(r["worker_peak_rss_mb"]),
             }
         figures["memory"] = mem
+        figures["sharded"] = sharded_build(small, model, tmp)
 
     _print_table(figures)
     return figures
 
 
 def _print_table(f: dict) -> None:
+    _print_main(f)
+    s = f["sharded"]
+    print(
+        f"sharded build: 1 shard {s['one_shard_seconds']:.1f}s, {s['shards']} shards {s['sharded_seconds']:.1f}s "
+        f"(+merge {s['sharded_with_merge_seconds']:.1f}s): {s['speedup']:.2f}x ({s['speedup_with_merge']:.2f}x "
+        f"with merge; target >= 1.8x), {s['tokens_per_s_per_core']:,.0f} encoded tokens/s per core, "
+        f"merged identical: {s['identical']}"
+    )
+
+
+def _print_main(f: dict) -> None:
     print(f"machine: {f['cpu_count']} CPUs; corpus {f['rows']} triples")
     print(f"raw single-core encode: {f['raw_encode_tokens_per_s']:,.0f} tokens/s")
     print(

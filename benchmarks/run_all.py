@@ -3,6 +3,7 @@
 * bench_build: ``data_tools build`` tokens/s with 1 and 2 workers over the raw single-core encode rate.
 * bench_train: training real tokens/s, packed rows over padded rows, same data.
 * bench_serve: reward-server throughput, dynamic batching over one-at-a-time, 8 clients x 2,000 requests.
+* bench_save_memory: projected checkpoint-save host memory per rank, 7B at TP2 x DP456, before and after.
 
 Writes the figures to ``benchmarks/results.json`` (ignored by git) and a summary table to stdout.
 """
@@ -36,6 +37,19 @@ def _summary(results: dict) -> list[tuple[str, str, str]]:
                 "flat",
             )
         )
+    if "sharded" in b:
+        sh = b["sharded"]
+        rows.append(("build, 2 shards on 2 cores / 1 shard (wall clock)", f"{sh['speedup']:.2f}x", ">= 1.8x"))
+        rows.append(("build, merged shards identical to 1 shard", str(sh["identical"]), "True"))
+    m = results.get("bench_save_memory", {})
+    if m:
+        rows.append(
+            (
+                "save host GB/rank, 7B TP2 x DP456: fully_reshardable -> ours",
+                f"{m['optimizer_before_bytes'] / 1e9:.1f} -> {m['optimizer_after_bytes'] / 1e9:.2f}",
+                "<= 8",
+            )
+        )
     t = results.get("bench_train", {})
     if "packed_over_padded" in t:
         rows.append(("train real tokens/s, packed / padded", f"{t['packed_over_padded']:.2f}x", "(recorded)"))
@@ -58,13 +72,14 @@ def _summary(results: dict) -> list[tuple[str, str, str]]:
 
 
 def main() -> int:
-    from benchmarks import bench_build, bench_serve, bench_train
+    from benchmarks import bench_build, bench_save_memory, bench_serve, bench_train
 
     results, t0 = {}, time.monotonic()
     for name, module in (
         ("bench_build", bench_build),
         ("bench_train", bench_train),
         ("bench_serve", bench_serve),
+        ("bench_save_memory", bench_save_memory),
     ):
         print(f"== {name}", flush=True)
         results[name] = module.main()

@@ -35,6 +35,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
+def _sharding(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--num-shards",
+        type=int,
+        default=1,
+        help="split the job into N independent shards (processes or SLURM array tasks); "
+        "`merge` joins their outputs into the one-process result (default: %(default)s)",
+    )
+    p.add_argument("--shard-index", type=int, default=0, help="which shard this process runs, 0..N-1")
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m data_tools",
@@ -74,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tmp-dir", help="where the temporary shards go (default: beside --output)")
     p.add_argument("--no-truncate-loops", action="store_true", help="keep repetition loops in full")
+    _sharding(p)
     p.add_argument(
         "--loop-keep", type=int, default=2, help="repetitions of a loop's unit to keep (default: %(default)s)"
     )
@@ -150,7 +162,21 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="tqdm progress bar on stderr (default: when stderr is a terminal)",
     )
+    _sharding(p)
     _common(p)
+
+    p = sub.add_parser(
+        "merge",
+        help="join the shards of a sharded build or pair run into the one-process output",
+        description="build: <prefix>.shard-<i>-of-<n>.{bin,idx,manifest.json} -> <prefix>.*; "
+        "pair: <out>.shard-<i>-of-<n>.jsonl (+ .done.json) -> <out>. Refuses while any shard is incomplete.",
+    )
+    p.add_argument("kind", choices=("build", "pair"))
+    p.add_argument("-o", "--output", required=True, help="build: the output prefix; pair: the triples JSONL")
+    p.add_argument("--holdout-output", help="pair: also join the holdout shards into this file")
+    p.add_argument("--num-shards", type=int, required=True)
+    p.add_argument("--remove-shards", action="store_true", help="delete the shards once merged")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
     p = sub.add_parser("inspect", help="manifest stats and decoded samples of a built dataset")
     p.add_argument("prefix")
@@ -187,7 +213,17 @@ def _run(args: argparse.Namespace) -> None:
             strict=args.strict,
             max_line_bytes=args.max_line_bytes,
         )
-        stats = run_pair(args.inputs, args.output, cfg, args.holdout_output, args.tmp_dir, args.overwrite)
+        from data_tools.sharding import ShardSpec
+
+        stats = run_pair(
+            args.inputs,
+            args.output,
+            cfg,
+            args.holdout_output,
+            args.tmp_dir,
+            args.overwrite,
+            ShardSpec(args.shard_index, args.num_shards),
+        )
         print(json.dumps(stats.as_dict(), indent=2, ensure_ascii=False))
     elif args.command == "rank":
         from data_tools.pairing import run_rank
@@ -224,6 +260,8 @@ def _run(args: argparse.Namespace) -> None:
             max_examples=args.max_examples,
             overwrite=args.overwrite,
             progress=args.progress,
+            num_shards=args.num_shards,
+            shard_index=args.shard_index,
         )
         manifest = build_dataset(args.inputs, args.output_prefix, tok, cfg)
         print(
@@ -233,6 +271,17 @@ def _run(args: argparse.Namespace) -> None:
                 ensure_ascii=False,
             )
         )
+    elif args.command == "merge":
+        from data_tools.merge import merge_build, merge_pair
+
+        if args.kind == "build":
+            manifest = merge_build(args.output, args.num_shards, args.overwrite, args.remove_shards)
+            summary = {"prefix": args.output, **manifest["counts"], "tokens": manifest["tokens"]}
+        else:
+            summary = merge_pair(
+                args.output, args.num_shards, args.holdout_output, args.overwrite, args.remove_shards
+            )
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
     elif args.command == "inspect":
         if args.manifest:
             from megatron_polar.data.contract import read_manifest

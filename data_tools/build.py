@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data_tools.encode import TRUNCATION_KEYS, ChunkResult, EncodeSettings, encode_chunk, init_worker
-from data_tools.records import DEFAULT_MAX_LINE_BYTES, BadRows, InputFile, iter_raw_lines
+from data_tools.records import DEFAULT_MAX_LINE_BYTES, BadRows, InputFile
+from data_tools.sharding import FileRange, ShardSpec, iter_range_lines, plan_ranges, shard_prefix
 from data_tools.writers import check_writable
 from megatron_polar.data import contract
 from megatron_polar.data.format import check_lengths
@@ -55,6 +56,8 @@ class BuildConfig:
     max_examples: int = 5  # file:line examples kept per skip reason
     overwrite: bool = False
     progress: bool | None = None  # tqdm bar on stderr; None: only when stderr is a terminal
+    num_shards: int = 1  # split the input into this many independent builds (``merge`` joins them)
+    shard_index: int = 0  # which of them this process builds
 
 
 @dataclass
@@ -88,15 +91,18 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(DType.optimal_dtype(vocab_size))
 
 
-def _chunks(paths: list[str], cfg: BuildConfig, infos: list[InputFile]) -> Iterator[tuple[int, list]]:
-    """Chunks of ``(file_no, line_no, raw)`` over all inputs, in input order, cut by row count and bytes
-    (never by worker count, so the output is the same for any ``workers``)."""
+def _chunks(
+    paths: list[str], cfg: BuildConfig, ranges: list[FileRange], infos: list[InputFile]
+) -> Iterator[tuple[int, list]]:
+    """Chunks of ``(file_no, line_no, raw)`` over this shard's input ranges, in input order, cut by row
+    count and bytes (never by worker count, so the output is the same for any ``workers``)."""
     chunk: list = []
     chunk_id = nbytes = 0
-    for file_no, path in enumerate(paths):
+    for rng in ranges:
+        file_no, path = rng.file_no, paths[rng.file_no]
         info = InputFile(path=os.path.abspath(path))
         infos.append(info)
-        for line_no, raw in iter_raw_lines(path, cfg.max_line_bytes, info):
+        for line_no, raw in iter_range_lines(path, rng, cfg.max_line_bytes, info):
             chunk.append((file_no, line_no, raw))
             nbytes += len(raw) if raw is not None else 0
             if len(chunk) >= cfg.chunk_rows or nbytes >= cfg.chunk_bytes:
@@ -137,18 +143,25 @@ def build_dataset(
 ) -> dict:
     """Build ``<prefix>.{bin,idx,manifest.json}`` from triples JSONL files; returns the manifest.
 
+    With ``cfg.num_shards > 1`` only shard ``cfg.shard_index`` of the input is built, as the complete
+    dataset ``<prefix>.shard-<i>-of-<n>`` (see ``data_tools.sharding``; ``merge_build`` joins them).
+
     Raises:
         FileExistsError: outputs exist and ``cfg.overwrite`` is off.
         RecordError: under ``cfg.strict``, the first bad row (its message names ``file:line``).
         InputError: an input is missing or truncated.
     """
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
     from data_tools.index_builder import CompactIndexedDatasetBuilder
 
     check_lengths(cfg.max_length, cfg.max_response_length)
     if not paths:
         raise ValueError("no input files")
+    spec = ShardSpec(cfg.shard_index, cfg.num_shards)
+    if spec.sharded:
+        ranges = plan_ranges(paths, spec)
+        prefix = shard_prefix(prefix, spec.index, spec.count)
+    else:
+        ranges = [FileRange(i, 0, 0, True) for i in range(len(paths))]
     final = {
         "bin": contract.bin_path(prefix),
         "idx": contract.idx_path(prefix),
@@ -181,7 +194,9 @@ def build_dataset(
     try:
         builder = CompactIndexedDatasetBuilder(tmp["bin"], dtype=dtype.type)
         with _progress(cfg) as bar:
-            for result in _ordered_results(_chunks(paths, cfg, infos), cfg.workers, (tokenizer, settings)):
+            for result in _ordered_results(
+                _chunks(paths, cfg, ranges, infos), cfg.workers, (tokenizer, settings)
+            ):
                 _log_bad_rows(result, totals)
                 totals.add(result)
                 if result.error is not None:
@@ -193,11 +208,19 @@ def build_dataset(
                 bar.set_postfix(tok_s=f"{totals.tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
         builder.finalize(tmp["idx"])
         elapsed = time.perf_counter() - start
-        # Copy: megatron unmaps the index when the dataset object dies, invalidating views into it.
-        built = IndexedDataset(tmp_prefix)
-        lengths = np.array(built.sequence_lengths, dtype=np.int64).reshape(-1, contract.SEQUENCES_PER_PAIR)
-        del built
+        # From the builder, not by reopening the files: megatron cannot map an empty .bin (an empty shard).
+        lengths = builder_lengths(builder)
         manifest = _manifest(paths, infos, tokenizer, cfg, dtype, totals, lengths, elapsed)
+        if spec.sharded:
+            manifest["shard"] = {
+                "index": spec.index,
+                "count": spec.count,
+                "max_examples": cfg.max_examples,
+                "ranges": [
+                    {"file": paths[r.file_no], "start": r.start, "end": r.end, "whole": r.whole}
+                    for r in ranges
+                ],
+            }
         with open(tmp["manifest"], "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, ensure_ascii=False)
         if os.path.exists(final["manifest"]):
@@ -220,6 +243,12 @@ def build_dataset(
         totals.tokens / max(elapsed, 1e-9),
     )
     return manifest
+
+
+def builder_lengths(builder) -> np.ndarray:
+    """[pairs, 2] sequence lengths a ``CompactIndexedDatasetBuilder`` has written."""
+    lengths = np.frombuffer(builder.sequence_lengths, dtype=np.int32).astype(np.int64)
+    return lengths.reshape(-1, contract.SEQUENCES_PER_PAIR)
 
 
 def _log_bad_rows(result: ChunkResult, totals: BuildTotals) -> None:
@@ -252,8 +281,23 @@ def projected_packing(pair_lengths: np.ndarray, row_lengths=PACKING_ROW_LENGTHS,
     return {"sampled_pairs": int(len(sample)), "rows": out}
 
 
-def _manifest(paths, infos, tokenizer, cfg, dtype, totals: BuildTotals, lengths, elapsed) -> dict:
+def length_stats(lengths: np.ndarray, max_length: int) -> dict:
+    """The manifest's ``tokens``, ``pair_length_histogram`` and ``packing_projection`` of [pairs, 2] lengths."""
     pair_len = lengths.sum(axis=1) if len(lengths) else np.zeros(0, dtype=np.int64)
+    return {
+        "tokens": {
+            "total": int(lengths.sum()),
+            "chosen": int(lengths[:, 0].sum()) if len(lengths) else 0,
+            "rejected": int(lengths[:, 1].sum()) if len(lengths) else 0,
+            "max_sequence": int(lengths.max()) if len(lengths) else 0,
+            "mean_pair": float(pair_len.mean()) if len(pair_len) else 0.0,
+        },
+        "pair_length_histogram": length_histogram(pair_len, max_length),
+        "packing_projection": projected_packing(pair_len),
+    }
+
+
+def _manifest(paths, infos, tokenizer, cfg, dtype, totals: BuildTotals, lengths, elapsed) -> dict:
     return {
         "format": contract.FORMAT_NAME,
         "format_version": contract.FORMAT_VERSION,
@@ -272,15 +316,7 @@ def _manifest(paths, infos, tokenizer, cfg, dtype, totals: BuildTotals, lengths,
             "skipped_total": totals.bad.total,
             "truncated_pairs": totals.truncated,
         },
-        "tokens": {
-            "total": int(lengths.sum()),
-            "chosen": int(lengths[:, 0].sum()) if len(lengths) else 0,
-            "rejected": int(lengths[:, 1].sum()) if len(lengths) else 0,
-            "max_sequence": int(lengths.max()) if len(lengths) else 0,
-            "mean_pair": float(pair_len.mean()) if len(pair_len) else 0.0,
-        },
-        "pair_length_histogram": length_histogram(pair_len, cfg.max_length),
-        "packing_projection": projected_packing(pair_len),
+        **length_stats(lengths, cfg.max_length),
         "build": {
             "workers": cfg.workers,
             "chunk_rows": cfg.chunk_rows,

@@ -20,7 +20,7 @@ import random
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from data_tools.loops import LoopConfig, truncate_loops
 from data_tools.records import (
@@ -33,7 +33,8 @@ from data_tools.records import (
     require_str,
     require_text,
 )
-from data_tools.writers import AtomicJsonlWriter
+from data_tools.sharding import ShardSpec, partition_block, shard_path
+from data_tools.writers import AtomicJsonlWriter, check_writable, temp_name
 from megatron_polar.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -145,15 +146,21 @@ def draw_pairs(
     return out
 
 
-def _partition_rows(paths: list[str], tmpdir: str, cfg: PairConfig, stats: PairStats) -> list[str]:
-    """Stream the input into ``cfg.partitions`` shard files keyed by a hash of (prompt, wrapper)."""
-    shard_paths = [os.path.join(tmpdir, f"part-{i:05d}.jsonl") for i in range(cfg.partitions)]
+def _partition_rows(
+    paths: list[str], tmpdir: str, cfg: PairConfig, stats: PairStats, shard: ShardSpec = ShardSpec()
+) -> list[str]:
+    """Stream the input into ``cfg.partitions`` shard files keyed by a hash of (prompt, wrapper).
+
+    Under sharding only this shard's block of partitions is kept. Rows without a usable prompt key
+    (unparseable or invalid) are counted by shard 0 alone, so shard counters add up to a one-process run's.
+    """
+    block = partition_block(cfg.partitions, shard)
+    counts_unkeyed = shard.index == 0
+    shard_paths = [os.path.join(tmpdir, f"part-{i:05d}.jsonl") for i in block]
     shards = [open(p, "w", encoding="utf-8") for p in shard_paths]
+    bad = stats.bad_rows if counts_unkeyed else BadRows()
     try:
-        for location, row in iter_rows(
-            paths, stats.bad_rows, strict=cfg.strict, max_line_bytes=cfg.max_line_bytes
-        ):
-            stats.rows_read += 1
+        for location, row in iter_rows(paths, bad, strict=cfg.strict, max_line_bytes=cfg.max_line_bytes):
             try:
                 require_text(row, "prompt")
                 policy = require_str(row, "policy")
@@ -164,12 +171,17 @@ def _partition_rows(paths: list[str], tmpdir: str, cfg: PairConfig, stats: PairS
             except RecordError as e:
                 if cfg.strict:
                     raise e.at(location) from None
-                stats.bad_rows.add(e.at(location), log=True)
+                if counts_unkeyed:
+                    stats.rows_read += 1
+                    stats.bad_rows.add(e.at(location), log=True)
                 continue
             key = json.dumps([prompt, wrapper], ensure_ascii=False, sort_keys=True)
-            shard = int.from_bytes(_digest(key)[:8], "little") % cfg.partitions
+            part = int.from_bytes(_digest(key)[:8], "little") % cfg.partitions
+            if part not in block:
+                continue
+            stats.rows_read += 1
             record = {"k": key, "p": policy, "r": response, "l": location}
-            shards[shard].write(json.dumps(record, ensure_ascii=False) + "\n")
+            shards[part - block.start].write(json.dumps(record, ensure_ascii=False) + "\n")
     finally:
         for f in shards:
             f.close()
@@ -240,10 +252,21 @@ def run_pair(
     holdout_output: str | None = None,
     tmp_dir: str | None = None,
     overwrite: bool = False,
+    shard: ShardSpec = ShardSpec(),
 ) -> PairStats:
-    """Turn rollout JSONL files into triples; see the module docstring. Returns the counters."""
+    """Turn rollout JSONL files into triples; see the module docstring. Returns the counters.
+
+    With ``shard.count > 1``, writes shard ``shard.index`` to ``<output>.shard-<i>-of-<n>...`` (and the
+    holdout likewise) plus its ``.done.json`` marker; ``data_tools.merge.merge_pair`` joins the shards.
+    """
     if cfg.holdout_policies and not holdout_output:
         raise ValueError("--holdout-policies needs --holdout-output")
+    if shard.sharded:
+        output = shard_path(output, shard.index, shard.count)
+        holdout_output = shard_path(holdout_output, shard.index, shard.count) if holdout_output else None
+        check_writable([done_path(output)], overwrite)
+        if os.path.exists(done_path(output)):
+            os.remove(done_path(output))  # never let an old marker vouch for new outputs
     stats = PairStats()
     holdout = cfg.holdout_policies
     tmpdir = tempfile.mkdtemp(prefix="polar-pair-", dir=tmp_dir or os.path.dirname(os.path.abspath(output)))
@@ -252,8 +275,8 @@ def run_pair(
             AtomicJsonlWriter(output, overwrite) as main_out,
             AtomicJsonlWriter(holdout_output, overwrite) as hold_out,
         ):
-            for shard_path in _partition_rows(paths, tmpdir, cfg, stats):
-                for key, by_policy, location in _load_groups(shard_path, cfg, stats):
+            for part_path in _partition_rows(paths, tmpdir, cfg, stats, shard):
+                for key, by_policy, location in _load_groups(part_path, cfg, stats):
                     stats.prompts += 1
                     reason = _skip_reason(by_policy)
                     if reason:
@@ -289,11 +312,33 @@ def run_pair(
                         hold_out.write(_triple_row(key, triple))
                     stats.pairs_written += len(main)
                     stats.holdout_pairs_written += len(held)
-                os.remove(shard_path)
+                os.remove(part_path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     stats.rows_read += _unparseable(stats.bad_rows)
+    if shard.sharded:
+        marker = {
+            "shard": {"index": shard.index, "count": shard.count},
+            "settings": _settings(cfg),
+            "stats": stats.as_dict(),
+        }
+        tmp = temp_name(done_path(output))
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(marker, f, indent=2, ensure_ascii=False)
+        os.replace(tmp, done_path(output))
     return stats
+
+
+def done_path(output: str) -> str:
+    """The completion marker of a ``pair`` shard (its counters), written after its outputs."""
+    return output + ".done.json"
+
+
+def _settings(cfg: PairConfig) -> dict:
+    """The options that decide a shard's content: all shards of one output must agree on them."""
+    d = asdict(cfg)
+    d["holdout_policies"] = sorted(cfg.holdout_policies)
+    return d
 
 
 def _unparseable(bad: BadRows) -> int:

@@ -29,6 +29,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.validation import StrictHandling
 from torch import nn
 
+from megatron_polar.checkpoint import optim_shards
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -130,11 +131,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-# Gathers the distributed optimizer's state into a canonical per-parameter form on save, so a checkpoint
-# resumes at any TP/PP/DP layout (the model-space format is rejected by megatron-core 0.16).
-_OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
-
-
 def save(
     root: str | Path,
     step: int,
@@ -157,7 +153,8 @@ def save(
     t0 = time.monotonic()
     state = _model_sharded_state(chunks)
     if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(state, metadata=_OPTIM_METADATA)
+        # Each rank writes only its own optimizer shard, in a layout any TP/PP/DP reloads (optim_shards).
+        state["optimizer"] = optim_shards.sharded_state_dict(optimizer, state)
         state["rng_state"] = _rng_sharded_object()
     dist_checkpointing.save(state, str(path))
     _barrier()
@@ -320,7 +317,7 @@ def load(path: str | Path, chunks: list[nn.Module], optimizer=None) -> dict:
     state = _model_sharded_state(chunks)
     if optimizer is not None:
         _init_optimizer_state(optimizer)
-        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True, metadata=_OPTIM_METADATA)
+        state["optimizer"] = optim_shards.sharded_state_dict(optimizer, state, is_loading=True)
         if same_grid:
             state["rng_state"] = _rng_sharded_object()
     try:
@@ -338,7 +335,9 @@ def load(path: str | Path, chunks: list[nn.Module], optimizer=None) -> dict:
         for i, c in enumerate(chunks):
             _load_module(path, _unwrap(c), loaded[f"model{i}"])
     if optimizer is not None:
-        _load_optimizer_state(optimizer, loaded["optimizer"])
+        optim_state, blocks = optim_shards.split_loaded(optimizer, loaded["optimizer"])
+        _load_optimizer_state(optimizer, optim_state)
+        optim_shards.restore(optimizer, blocks)
         if same_grid:
             from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
