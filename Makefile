@@ -38,7 +38,7 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: $(STAMP) ## Run the benchmarks (build, train packed/padded, serve); prints same-run ratios
+bench: $(STAMP) ## Run the benchmarks (build, train packed/padded, serve, start-up at scale); prints same-run ratios
 	$(PY) benchmarks/run_all.py
 
 clean: ## Remove the virtualenv, caches and run outputs

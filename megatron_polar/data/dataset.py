@@ -34,6 +34,8 @@ from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
 
+_GATHER_CHUNK = 1 << 22
+
 
 @dataclass
 class PairPool:
@@ -88,21 +90,30 @@ def blend(
     want = np.floor(w / w.sum() * total).astype(np.int64)
     want[np.argmax(w)] += total - want.sum()
     rng = np.random.default_rng([seed, 11])
-    sources, indices = [], []
+    # Small dtypes: only the plan writer draws a pool, but at 351M pairs each byte per pair is 351 MB.
+    src_dtype = np.uint8 if len(datasets) <= 255 else np.int32
+    idx_dtype = np.uint32 if max((len(ds) for ds in datasets), default=0) < 2**32 else np.int64
+    spans, sources, indices = [], [], []
     for d, (subset, k) in enumerate(zip(subsets, want)):
         if len(subset) == 0 or k == 0:
             continue
         reps, rest = divmod(int(k), len(subset))
         chosen = np.concatenate([np.tile(subset, reps), rng.choice(subset, rest, replace=False)])
-        sources.append(np.full(len(chosen), d, dtype=np.int32))
-        indices.append(chosen.astype(np.int64))
-    source = np.concatenate(sources) if sources else np.zeros(0, np.int32)
-    index = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+        sources.append(np.full(len(chosen), d, dtype=src_dtype))
+        indices.append(chosen.astype(idx_dtype))
+        spans.append(d)
+    source = np.concatenate(sources) if sources else np.zeros(0, src_dtype)
+    index = np.concatenate(indices) if indices else np.zeros(0, idx_dtype)
+    del sources, indices
     lengths = np.zeros((len(source), 2), dtype=np.int32)  # int32: half the builder's memory at scale
-    for d, ds in enumerate(datasets):
-        sel = np.flatnonzero(source == d)
-        if sel.size:
-            lengths[sel] = ds.pair_lengths()[index[sel]]
+    start = 0
+    for d in spans:  # each dataset's entries are one contiguous span of the pool
+        end = start + int(want[d])
+        table = datasets[d].pair_lengths()
+        for lo in range(start, end, _GATHER_CHUNK):  # bounded temporaries
+            hi = min(end, lo + _GATHER_CHUNK)
+            lengths[lo:hi] = table[index[lo:hi]]
+        start = end
     return PairPool(datasets=datasets, source=source, index=index, lengths=lengths)
 
 

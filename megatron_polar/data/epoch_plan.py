@@ -9,6 +9,8 @@ rank, once) and read by :class:`EpochPlan`, usually memory-mapped from a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from megatron_polar.data.packing import pack_flat
@@ -33,6 +35,17 @@ def _permute_rows(
     return new_offsets, members[np.arange(members.size, dtype=np.int64) + shift]
 
 
+def _compact(order: np.ndarray, keep: Callable[[np.ndarray], np.ndarray], chunk: int) -> np.ndarray:
+    """``order[keep(order)]`` computed in place, chunk by chunk (no second array of the epoch's size)."""
+    w = 0
+    for lo in range(0, order.size, chunk):
+        part = order[lo : lo + chunk]
+        kept = part[keep(part)]
+        order[w : w + kept.size] = kept
+        w += kept.size
+    return order[:w]
+
+
 def compute_epoch_plan(
     pool,
     layout: str,
@@ -45,6 +58,12 @@ def compute_epoch_plan(
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Shuffle, drop what does not fit, pack (packed layout) and shuffle the rows of one epoch.
 
+    Works window by window after the shuffle, so besides the pool and the output the writer holds
+    one permutation of the epoch (8 bytes a pair) and per-window temporaries. Rows are shuffled within
+    their window: the windows are random draws of the epoch already (the shuffle comes first), and
+    without it each window's long pairs would come early and its short ones late (packing opens rows
+    largest pairs first).
+
     Args:
         pool: the drawn :class:`~megatron_polar.data.dataset.PairPool`.
         id_offsets: :func:`~megatron_polar.data.dataset.pair_offsets` of the pool's datasets.
@@ -55,28 +74,31 @@ def compute_epoch_plan(
     """
     n = len(pool)
     order = np.random.default_rng([seed, 13, epoch]).permutation(n) if shuffle else np.arange(n)
-    lengths = pool.lengths[order]
-    sizes = lengths.max(axis=1) if layout == "padded" else lengths.sum(axis=1, dtype=np.int64)
-    fits = sizes <= seq_length
-    real_tokens = int(lengths[fits].sum(dtype=np.int64))
-    del lengths
-    order, sizes = order[fits], sizes[fits]
-    offsets = None
-    if layout == "packed":
-        offsets, members = pack_flat(sizes, seq_length, window=window)
-        if shuffle:
-            # Packing opens rows largest pairs first: without this, each window's long pairs would
-            # come early in the epoch and its short ones late.
-            perm = np.random.default_rng([seed, 17, epoch]).permutation(offsets.size - 1)
-            offsets, members = _permute_rows(offsets, members, perm)
-        order = order[members]
-        del members
+
+    def sizes_of(idx: np.ndarray) -> np.ndarray:
+        lengths = pool.lengths[idx]
+        return lengths.max(axis=1) if layout == "padded" else lengths.sum(axis=1, dtype=np.int64)
+
+    order = _compact(order, lambda part: sizes_of(part) <= seq_length, window)
     id_dtype = _index_dtype(int(id_offsets[-1]))
-    pair_ids = (id_offsets[pool.source[order]] + pool.index[order]).astype(id_dtype)
+    pair_ids = np.empty(order.size, dtype=id_dtype)
+    offsets_parts, rows, real_tokens = [np.zeros(1, dtype=np.int64)], 0, 0
+    for w, lo in enumerate(range(0, order.size, window)):
+        part = order[lo : lo + window]
+        real_tokens += int(pool.lengths[part].sum(dtype=np.int64))
+        if layout == "packed":
+            offsets, members = pack_flat(sizes_of(part), seq_length, window=part.size)
+            if shuffle:
+                perm = np.random.default_rng([seed, 17, epoch, w]).permutation(offsets.size - 1)
+                offsets, members = _permute_rows(offsets, members, perm)
+            part = part[members]
+            offsets_parts.append(lo + offsets[1:])
+            rows += offsets.size - 1
+        pair_ids[lo : lo + part.size] = id_offsets[pool.source[part]] + pool.index[part]
     arrays = {"pair_ids": pair_ids}
-    if offsets is not None:
-        arrays["row_offsets"] = offsets.astype(_index_dtype(pair_ids.size + 1))
-    samples = pair_ids.size if offsets is None else offsets.size - 1
+    if layout == "packed":
+        arrays["row_offsets"] = np.concatenate(offsets_parts).astype(_index_dtype(pair_ids.size + 1))
+    samples = rows if layout == "packed" else pair_ids.size
     meta = {
         "samples": int(samples),
         "pairs": int(pair_ids.size),
