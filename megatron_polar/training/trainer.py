@@ -148,6 +148,8 @@ class Trainer:
             else:
                 self.valid_data = None
         self.train_iters = cfg.train.train_iters or self.train_data.steps_per_epoch
+        # Its worker thread starts with the first prefetch; fit() stops it however training ends.
+        self._batches = BatchPrefetcher(self.train_data, enabled=cfg.data.prefetch, end=self.train_iters)
         self.chunks = build_model_chunks(cfg, use_te=self.use_te)
         self.model = wrap_ddp(cfg, self.chunks)
         self.optimizer = build_optimizer(cfg, self.model, self.lr)
@@ -291,7 +293,6 @@ class Trainer:
     def fit(self) -> TrainResult:
         cfg, signals = self.cfg, ExitSignal()
         reason, last_ckpt, valid = "finished", None, None
-        self._batches = BatchPrefetcher(self.train_data, enabled=cfg.data.prefetch, end=self.train_iters)
         log.info(
             "training %s from step %d to %d (%d samples per step, lr %.3g)",
             cfg.train.stage,
