@@ -243,7 +243,7 @@ def main(sizes: list[int] | None = None) -> dict:
             proj[f"{mode}_{field}"] = {
                 "a": round(a, 4),
                 "b_per_million": round(b * 1e6, 6),
-                "at_351M": round(a + b * PAPER_PAIRS, 2),
+                "at_351M": round(max(0.0, a + b * PAPER_PAIRS), 2),  # flat figures can fit a slope < 0
             }
     results["projection_351M"] = proj
     eff = min(r["efficiency"] for r in results["runs"])
