@@ -3,6 +3,7 @@
 * bench_build: ``data_tools build`` tokens/s with 1 and 2 workers over the raw single-core encode rate.
 * bench_train: training real tokens/s, packed rows over padded rows, same data.
 * bench_serve: reward-server throughput, dynamic batching over one-at-a-time, 8 clients x 2,000 requests.
+* bench_scale: one rank's start-up seconds and plan memory at 1M/10M/50M pairs, projected to 351M.
 * bench_save_memory: projected checkpoint-save host memory per rank, 7B at TP2 x DP456, before and after.
 
 Writes the figures to ``benchmarks/results.json`` (ignored by git) and a summary table to stdout.
@@ -68,17 +69,35 @@ def _summary(results: dict) -> list[tuple[str, str, str]]:
         rows.append((f"serve failed requests ({label})", str(r["failed"]), "0"))
         b = r["batched"]
         rows.append((f"serve batched p50 / p99 ms ({label})", f"{b['p50_ms']} / {b['p99_ms']}", ""))
+    sc = results.get("bench_scale", {}).get("verdict")
+    if sc:
+        rows.append(
+            ("start-up @351M pairs, first start (plan build), cpu s", f"{sc['first_cpu_s']:.0f}", "<= 120")
+        )
+        rows.append(
+            (
+                "start-up @351M pairs, restart (writer checks plan), cpu s",
+                f"{sc['restart_cpu_s']:.1f}",
+                "<= 10",
+            )
+        )
+        rows.append(
+            ("start-up @351M pairs, other ranks (map plan), cpu s", f"{sc['reader_cpu_s']:.1f}", "<= 10")
+        )
+        rows.append(("plan memory per rank @351M pairs, GB", f"{sc['reader_extra_gb']:.2f}", "<= 1"))
+        rows.append(("packing efficiency, 32k rows, paper mix", f"{sc['efficiency']:.4f}", ">= 0.99"))
     return rows
 
 
 def main() -> int:
-    from benchmarks import bench_build, bench_save_memory, bench_serve, bench_train
+    from benchmarks import bench_build, bench_save_memory, bench_scale, bench_serve, bench_train
 
     results, t0 = {}, time.monotonic()
     for name, module in (
         ("bench_build", bench_build),
         ("bench_train", bench_train),
         ("bench_serve", bench_serve),
+        ("bench_scale", bench_scale),
         ("bench_save_memory", bench_save_memory),
     ):
         print(f"== {name}", flush=True)

@@ -74,8 +74,10 @@ class DataConfig:
     valid_fraction: float = 0.0  # carve validation pairs off the training data when `valid` is empty
     seq_length: int = 1024  # tokens per row (packed) or longest sequence (padded)
     layout: str = "packed"  # packed: many pairs per row, no cross-attention | padded: one sequence per row
-    pack_window: int = 2048  # pairs considered together by the bin packer
+    pack_window: int = 65536  # pairs packed together (rows never mix windows; larger packs tighter)
     seed: int = 1234  # shuffle and packing seed
+    plan_dir: str | None = None  # shared epoch plans (order + packing), built once; null: <run_dir>/plans
+    prefetch: bool = True  # build the next step's batches in a background thread during the current step
 
 
 @dataclass

@@ -160,6 +160,12 @@ def validate(cfg: PolarConfig) -> None:
             f"data.seq_length={cfg.data.seq_length} must be in [8, model.max_position_embeddings="
             f"{cfg.model.max_position_embeddings}]"
         )
+    if cfg.data.pack_window < 1:
+        raise ConfigError(f"data.pack_window must be >= 1, got {cfg.data.pack_window}")
+    if cfg.train.eval_iters is not None and cfg.train.eval_iters < 1:
+        raise ConfigError(
+            f"train.eval_iters must be >= 1 or null (the whole validation set), got {cfg.train.eval_iters}"
+        )
     for i, spec in enumerate(cfg.data.train + cfg.data.valid):
         if spec.weight <= 0:
             raise ConfigError(f"data.train/valid[{i}].weight must be > 0, got {spec.weight}")

@@ -6,23 +6,35 @@ would, on any data-parallel size that divides the global batch.
 
 Units: a *sample* is a pair in the padded layout and a packed row in the packed layout;
 ``global_batch_size`` and ``micro_batch_size`` count samples.
+
+At scale the epoch's order and packing (its *plan*) is computed once by one rank and shared through a
+:class:`~megatron_polar.data.plan_store.PlanStore`; the other ranks never draw the blend at all
+(:class:`PoolRecipe` describes it without drawing it), so their start-up time and memory do not grow
+with the number of pairs beyond the pages of the plan they read.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from hashlib import sha256
 
 import numpy as np
 
 from megatron_polar.config.loader import ConfigError
-from megatron_polar.config.schema import DatasetSpec
+from megatron_polar.config.schema import DataConfig, DatasetSpec
 from megatron_polar.data.batching import collate_packed, collate_padded
-from megatron_polar.data.contract import PairDataset, open_pair_dataset
-from megatron_polar.data.packing import pack_pairs
+from megatron_polar.data.contract import PairDataset, bin_path, idx_path, manifest_path, open_pair_dataset
+from megatron_polar.data.epoch_plan import EpochPlan, compute_epoch_plan
+from megatron_polar.data.packing import DEFAULT_WINDOW
+from megatron_polar.data.plan_store import PlanStore
 from megatron_polar.model.reward_model import RewardBatch
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
+
+_GATHER_CHUNK = 1 << 22
 
 
 @dataclass
@@ -78,73 +90,154 @@ def blend(
     want = np.floor(w / w.sum() * total).astype(np.int64)
     want[np.argmax(w)] += total - want.sum()
     rng = np.random.default_rng([seed, 11])
-    sources, indices = [], []
+    # Small dtypes: only the plan writer draws a pool, but at 351M pairs each byte per pair is 351 MB.
+    src_dtype = np.uint8 if len(datasets) <= 255 else np.int32
+    idx_dtype = np.uint32 if max((len(ds) for ds in datasets), default=0) < 2**32 else np.int64
+    spans, sources, indices = [], [], []
     for d, (subset, k) in enumerate(zip(subsets, want)):
         if len(subset) == 0 or k == 0:
             continue
         reps, rest = divmod(int(k), len(subset))
         chosen = np.concatenate([np.tile(subset, reps), rng.choice(subset, rest, replace=False)])
-        sources.append(np.full(len(chosen), d, dtype=np.int32))
-        indices.append(chosen.astype(np.int64))
-    source = np.concatenate(sources) if sources else np.zeros(0, np.int32)
-    index = np.concatenate(indices) if indices else np.zeros(0, np.int64)
-    lengths = np.zeros((len(source), 2), dtype=np.int64)
-    for d, ds in enumerate(datasets):
-        sel = source == d
-        lengths[sel] = ds.pair_lengths()[index[sel]]
+        sources.append(np.full(len(chosen), d, dtype=src_dtype))
+        indices.append(chosen.astype(idx_dtype))
+        spans.append(d)
+    source = np.concatenate(sources) if sources else np.zeros(0, src_dtype)
+    index = np.concatenate(indices) if indices else np.zeros(0, idx_dtype)
+    del sources, indices
+    lengths = np.zeros((len(source), 2), dtype=np.int32)  # int32: half the builder's memory at scale
+    start = 0
+    for d in spans:  # each dataset's entries are one contiguous span of the pool
+        end = start + int(want[d])
+        table = datasets[d].pair_lengths()
+        for lo in range(start, end, _GATHER_CHUNK):  # bounded temporaries
+            hi = min(end, lo + _GATHER_CHUNK)
+            lengths[lo:hi] = table[index[lo:hi]]
+        start = end
     return PairPool(datasets=datasets, source=source, index=index, lengths=lengths)
 
 
-class EpochPlan:
-    """The order of samples in one epoch: shuffled pairs, grouped into packed rows or kept one by one."""
+def pair_offsets(datasets: list) -> np.ndarray:
+    """``[0, n0, n0 + n1, ...]``: a *global pair id* is ``offsets[d] + index`` of pair ``index`` of dataset ``d``."""
+    return np.concatenate([[0], np.cumsum([len(ds) for ds in datasets])]).astype(np.int64)
 
-    def __init__(
-        self, pool: PairPool, layout: str, seq_length: int, seed: int, epoch: int, window: int, shuffle: bool
-    ):
-        self.pool, self.layout, self.seq_length = pool, layout, seq_length
-        order = np.arange(len(pool))
-        if shuffle:
-            order = np.random.default_rng([seed, 13, epoch]).permutation(len(pool))
-        if layout == "padded":
-            fits = pool.lengths[order].max(axis=1) <= seq_length
-        else:
-            fits = pool.lengths[order].sum(axis=1) <= seq_length
-        self.dropped = int((~fits).sum())
-        order = order[fits]
-        self.order = order
-        if layout == "packed":
-            rows = pack_pairs(pool.lengths[order].sum(axis=1), seq_length, window=window)
-            if shuffle:
-                # Best-fit-decreasing opens rows largest pairs first: without this, each window's long
-                # pairs would come early in the epoch and its short ones late.
-                rows = [rows[i] for i in np.random.default_rng([seed, 17, epoch]).permutation(len(rows))]
-            self.row_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-            self.row_offsets[1:] = np.cumsum([len(r) for r in rows])
-            self.row_pairs = order[np.concatenate(rows)] if rows else np.zeros(0, np.int64)
-        self.real_tokens = int(pool.lengths[order].sum())
 
-    def __len__(self) -> int:
-        return len(self.order) if self.layout == "padded" else len(self.row_offsets) - 1
+def dataset_fingerprint(ds) -> str:
+    """What a plan built from ``ds`` depends on: its manifest, file sizes and the ends of its index.
 
-    def sample_pairs(self, sample: int) -> np.ndarray:
-        """Pool indices of the pairs in ``sample`` (one pair, or a packed row)."""
-        if self.layout == "padded":
-            return self.order[sample : sample + 1]
-        return self.row_pairs[self.row_offsets[sample] : self.row_offsets[sample + 1]]
+    Cheap at any size (the manifest is written last by every build and records its counts and
+    statistics; the index's first and last 64 KiB cover its header and last entries), so a dataset
+    rebuilt or replaced in place makes older plans stale. Objects other than built datasets (synthetic
+    length tables) provide ``fingerprint`` themselves.
+    """
+    own = getattr(ds, "fingerprint", None)
+    if own is not None:
+        return str(own() if callable(own) else own)
+    h = sha256()
+    with open(manifest_path(ds.prefix), "rb") as f:
+        h.update(f.read())
+    for path in (idx_path(ds.prefix), bin_path(ds.prefix)):
+        h.update(str(os.path.getsize(path)).encode())
+    with open(idx_path(ds.prefix), "rb") as f:
+        h.update(f.read(1 << 16))
+        f.seek(max(0, os.path.getsize(idx_path(ds.prefix)) - (1 << 16)))
+        h.update(f.read())
+    return h.hexdigest()
 
-    @property
-    def efficiency(self) -> float:
-        """Real tokens over the tokens of all rows (padding included)."""
-        rows = len(self) * (2 if self.layout == "padded" else 1)
-        return self.real_tokens / max(1, rows * self.seq_length)
+
+@dataclass
+class PoolRecipe:
+    """An epoch's pool of pairs described without drawing it: what plans depend on, and how to draw it.
+
+    ``key`` names every input of :meth:`draw` (dataset paths and fingerprints, weights, split, seed), so
+    a plan cache keyed on it is never reused for other data.
+    """
+
+    name: str
+    datasets: list
+    key: dict
+    draw: Callable[[], PairPool]
+
+    @classmethod
+    def of_pool(cls, pool: PairPool, name: str = "pool") -> PoolRecipe:
+        """A recipe for an already drawn pool (tests, tools): keyed on its arrays."""
+        h = sha256()
+        for arr in (pool.source, pool.index, pool.lengths):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return cls(name=name, datasets=pool.datasets, key={"pool_sha256": h.hexdigest()}, draw=lambda: pool)
+
+
+def _dataset_keys(datasets: list) -> list[dict]:
+    return [
+        {
+            "path": os.path.abspath(str(getattr(ds, "prefix", ""))),
+            "pairs": len(ds),
+            "fingerprint": dataset_fingerprint(ds),
+        }
+        for ds in datasets
+    ]
+
+
+def pool_recipes(
+    data: DataConfig, train_sets: list, valid_sets: list
+) -> tuple[PoolRecipe, PoolRecipe | None]:
+    """The training and validation pools of ``data`` (``valid`` ``None`` when there is no validation data).
+
+    Validation comes from ``data.valid`` when given, else a ``data.valid_fraction`` split of every
+    training dataset (the same split the training pool leaves out).
+    """
+    split = not data.valid and data.valid_fraction > 0
+    weights = [s.weight for s in data.train]
+    base = {"datasets": _dataset_keys(train_sets), "seed": data.seed}
+
+    def subsets(part: int) -> list[np.ndarray]:
+        if not split:
+            return [np.arange(len(ds)) for ds in train_sets]
+        return [split_indices(len(ds), data.valid_fraction, data.seed)[part] for ds in train_sets]
+
+    train_split = {"valid_fraction": data.valid_fraction} if split else "all"
+    train = PoolRecipe(
+        name="train",
+        datasets=train_sets,
+        key={**base, "weights": weights, "split": train_split, "part": "train"},
+        draw=lambda: blend(train_sets, weights, subsets(0), data.seed),
+    )
+    valid = None
+    if valid_sets:
+        sizes = [float(len(ds)) for ds in valid_sets]
+        valid = PoolRecipe(
+            name="valid",
+            datasets=valid_sets,
+            key={"datasets": _dataset_keys(valid_sets), "seed": data.seed, "weights": sizes, "split": "all"},
+            draw=lambda: blend(valid_sets, sizes, [np.arange(len(ds)) for ds in valid_sets], data.seed),
+        )
+    elif split and sum(int(round(len(ds) * data.valid_fraction)) for ds in train_sets):
+
+        def draw_valid() -> PairPool:
+            parts = subsets(1)
+            return blend(train_sets, [float(len(v)) or 1.0 for v in parts], parts, data.seed)
+
+        valid = PoolRecipe(
+            name="valid",
+            datasets=train_sets,
+            key={**base, "split": train_split, "part": "valid"},
+            draw=draw_valid,
+        )
+    return train, valid
 
 
 class PairBatches:
-    """Micro-batches of one data-parallel rank, addressable by (step, micro-batch)."""
+    """Micro-batches of one data-parallel rank, addressable by (step, micro-batch).
+
+    ``pool`` is a drawn :class:`PairPool` or a :class:`PoolRecipe`; with a recipe and a shared
+    ``store`` only the store's writer ever draws the pool. Plans are requested in the calling thread
+    (collectively when the store has a barrier): call :meth:`prepare` for a step in the main thread
+    before building its batches in another.
+    """
 
     def __init__(
         self,
-        pool: PairPool,
+        pool: PairPool | PoolRecipe,
         *,
         layout: str,
         seq_length: int,
@@ -152,27 +245,33 @@ class PairBatches:
         dp_rank: int,
         dp_size: int,
         seed: int,
-        window: int = 2048,
+        window: int = DEFAULT_WINDOW,
         shuffle: bool = True,
         pad_id: int = 0,
         thd: bool = False,
         name: str = "train",
         global_batch_size: int | None = None,
+        store: PlanStore | None = None,
     ):
-        self.pool, self.layout, self.seq_length = pool, layout, seq_length
+        self.recipe = pool if isinstance(pool, PoolRecipe) else PoolRecipe.of_pool(pool, name)
+        self.datasets = self.recipe.datasets
+        self.id_offsets = pair_offsets(self.datasets)
+        self.layout, self.seq_length = layout, seq_length
         self.micro_batch_size = micro_batch_size
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.seed, self.window, self.shuffle = seed, window, shuffle
         self.pad_id, self.thd, self.name = pad_id, thd, name
+        self.store = store or PlanStore(None)
+        self._pool: PairPool | None = None
         self._plans: dict[int, EpochPlan] = {}
         self._epoch_steps: list[int] = []
-        plan = self.plan(0)  # packed once here; the global batch size can be chosen from it afterwards
+        plan = self.plan(0)  # the global batch size can be chosen from it afterwards
         if plan.dropped:
             log.warning(
                 "%s: %d of %d pairs exceed data.seq_length=%d and are skipped",
                 name,
                 plan.dropped,
-                len(pool),
+                plan.pairs + plan.dropped,
                 seq_length,
             )
         self.global_batch_size = self.num_microbatches = 0
@@ -202,7 +301,7 @@ class PairBatches:
         log.info(
             "%s: %d pairs -> %d %ss per epoch, %d steps per epoch, %.1f%% real tokens",
             self.name,
-            len(plan.order),
+            plan.pairs,
             len(plan),
             self.unit,
             self.steps_per_epoch,
@@ -213,13 +312,40 @@ class PairBatches:
     def unit(self) -> str:
         return "pair" if self.layout == "padded" else "row"
 
+    def plan_key(self, epoch: int) -> dict:
+        """Everything the plan of ``epoch`` depends on."""
+        return {
+            "pool": self.recipe.key,
+            "epoch": epoch,
+            "layout": self.layout,
+            "seq_length": self.seq_length,
+            "window": self.window if self.layout == "packed" else None,
+            "shuffle": self.shuffle,
+            "seed": self.seed,
+        }
+
+    def _compute(self, epoch: int) -> tuple[dict[str, np.ndarray], dict]:
+        if self._pool is None:
+            self._pool = self.recipe.draw()
+        return compute_epoch_plan(
+            self._pool,
+            self.layout,
+            self.seq_length,
+            self.seed,
+            epoch,
+            self.window,
+            self.shuffle,
+            self.id_offsets,
+        )
+
     def plan(self, epoch: int) -> EpochPlan:
+        """The plan of ``epoch`` (from the store; the two most recent are kept open)."""
         if epoch not in self._plans:
-            self._plans = {
-                epoch: EpochPlan(
-                    self.pool, self.layout, self.seq_length, self.seed, epoch, self.window, self.shuffle
-                )
-            }
+            stored = self.store.get(self.name, self.plan_key(epoch), lambda: self._compute(epoch))
+            self._pool = None  # drawn only to compute; the plan is all the batches need
+            if len(self._plans) >= 2:
+                self._plans.pop(min(self._plans))
+            self._plans[epoch] = EpochPlan(stored)
         return self._plans[epoch]
 
     @property
@@ -228,7 +354,7 @@ class PairBatches:
 
     def pairs_per_sample(self) -> float:
         plan = self.plan(0)
-        return len(plan.order) / max(1, len(plan))
+        return plan.pairs / max(1, len(plan))
 
     def _locate(self, step: int) -> tuple[int, int]:
         """(epoch, step within it): epochs pack differently, so each has its own number of steps."""
@@ -240,6 +366,19 @@ class PairBatches:
                 return epoch, step - start
             start += self._epoch_steps[epoch]
             epoch += 1
+
+    def step_pairs(self, step: int) -> int:
+        """Pairs in global step ``step`` over all data-parallel ranks (what "auto" batch sizes aim at)."""
+        epoch, within = self._locate(step)
+        plan = self.plan(epoch)
+        lo, hi = within * self.global_batch_size, (within + 1) * self.global_batch_size
+        if plan.row_offsets is None:
+            return hi - lo
+        return int(plan.row_offsets[hi]) - int(plan.row_offsets[lo])
+
+    def prepare(self, step: int) -> None:
+        """Make sure the plan of ``step``'s epoch is open (collective with a shared store)."""
+        self.plan(self._locate(step)[0])
 
     def step_batches(self, step: int) -> list[RewardBatch]:
         """This rank's micro-batches of global step ``step`` (0-based), wrapping into later epochs."""
@@ -253,9 +392,14 @@ class PairBatches:
             batches.append(self._collate(samples))
         return batches
 
+    def pair(self, pair_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(chosen, rejected)`` tokens of a global pair id."""
+        d = int(np.searchsorted(self.id_offsets, pair_id, side="right")) - 1
+        return self.datasets[d].pair(int(pair_id - self.id_offsets[d]))
+
     def _collate(self, samples: list[np.ndarray]) -> RewardBatch:
         if self.layout == "padded":
-            pairs = [self.pool.pair(int(p)) for s in samples for p in s]
+            pairs = [self.pair(int(p)) for s in samples for p in s]
             return collate_padded(pairs, self.seq_length, pad_id=self.pad_id, explicit_mask=False)
-        rows = [[self.pool.pair(int(p)) for p in s] for s in samples]
+        rows = [[self.pair(int(p)) for p in s] for s in samples]
         return collate_packed(rows, self.seq_length, pad_id=self.pad_id, thd=self.thd)

@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
@@ -18,14 +17,9 @@ from megatron_polar.config.hparams import require_law_inputs, scaling_law_batch_
 from megatron_polar.config.loader import ConfigError
 from megatron_polar.config.schema import PolarConfig
 from megatron_polar.config.validate import validate_fp8_hardware
-from megatron_polar.data.dataset import (
-    PairBatches,
-    PairPool,
-    blend,
-    check_tokenizers,
-    open_datasets,
-    split_indices,
-)
+from megatron_polar.data.dataset import PairBatches, PoolRecipe, check_tokenizers, open_datasets, pool_recipes
+from megatron_polar.data.plan_store import PlanStore
+from megatron_polar.data.prefetch import BatchPrefetcher
 from megatron_polar.model.builder import build_model_chunks, count_parameters, resolve_use_te
 from megatron_polar.parallel import topology
 from megatron_polar.training.forward_step import forward_backward
@@ -48,28 +42,14 @@ class TrainResult:
     valid: dict | None
 
 
-def _pools(cfg: PolarConfig) -> tuple[PairPool, PairPool | None, dict]:
+def _pools(cfg: PolarConfig) -> tuple[PoolRecipe, PoolRecipe | None, dict]:
+    """Open the datasets (mmap, no token reads) and describe the pools; drawing them is the plan writer's job."""
     if not cfg.data.train:
         raise ConfigError("data.train is empty: pass 'data.train=[{path: <prefix>, weight: 1.0}]'")
     train_sets = open_datasets(cfg.data.train)
     valid_sets = open_datasets(cfg.data.valid) if cfg.data.valid else []
     tokenizer = check_tokenizers(train_sets + valid_sets)
-    subsets, valid_subsets = [], []
-    for ds in train_sets:
-        if not cfg.data.valid and cfg.data.valid_fraction > 0:
-            tr, va = split_indices(len(ds), cfg.data.valid_fraction, cfg.data.seed)
-        else:
-            tr, va = np.arange(len(ds)), np.zeros(0, np.int64)
-        subsets.append(tr)
-        valid_subsets.append(va)
-    train = blend(train_sets, [s.weight for s in cfg.data.train], subsets, cfg.data.seed)
-    if valid_sets:
-        sizes = [float(len(ds)) for ds in valid_sets]
-        valid = blend(valid_sets, sizes, [np.arange(len(ds)) for ds in valid_sets], cfg.data.seed)
-    elif cfg.data.valid_fraction > 0:
-        valid = blend(train_sets, [float(len(v)) or 1.0 for v in valid_subsets], valid_subsets, cfg.data.seed)
-    else:
-        valid = None
+    train, valid = pool_recipes(cfg.data, train_sets, valid_sets)
     return train, valid, tokenizer
 
 
@@ -106,10 +86,25 @@ def resolve_hparams(cfg: PolarConfig, pairs_per_sample: float, unit_multiple: in
         )
     if gbs == "auto":
         pairs = scaling_law_batch_size(n, cfg.train.rm_tokens)
-        samples = pairs / pairs_per_sample
-        gbs = max(unit_multiple, int(math.ceil(samples / unit_multiple)) * unit_multiple)
-        log.info("train.global_batch_size=auto -> %d pairs -> %d samples", round(pairs), gbs)
+        gbs = round_batch(pairs / pairs_per_sample, unit_multiple)
+        got = gbs * pairs_per_sample
+        log.info(
+            "train.global_batch_size=auto -> law %d pairs -> %d samples (nearest multiple of %d) x %.2f "
+            "pairs per sample = %.0f pairs per step (%+.1f%%)",
+            round(pairs),
+            gbs,
+            unit_multiple,
+            pairs_per_sample,
+            got,
+            100 * (got / pairs - 1),
+        )
     return float(lr), int(gbs)
+
+
+def round_batch(samples: float, unit_multiple: int) -> int:
+    """The multiple of ``unit_multiple`` nearest to ``samples`` (at least one), so "auto" stays as close
+    to the scaling law as the data-parallel layout allows (rounding up added 32% at 7B on 912 GPUs)."""
+    return max(unit_multiple, int(math.floor(samples / unit_multiple + 0.5)) * unit_multiple)
 
 
 class Trainer:
@@ -135,6 +130,11 @@ class Trainer:
             window=cfg.data.pack_window,
             pad_id=0,
             thd=thd,
+            store=PlanStore(
+                cfg.data.plan_dir or Path(cfg.logging.run_dir) / "plans",
+                is_writer=self.topo.rank == 0,
+                barrier=dist.barrier,
+            ),
         )
         self.train_data = PairBatches(train_pool, **common, name="train")
         self.lr, gbs = resolve_hparams(cfg, self.train_data.pairs_per_sample(), unit)
@@ -144,11 +144,16 @@ class Trainer:
         self.cfg = cfg
         self.train_data.set_global_batch_size(gbs)
         self.valid_data = None
-        if valid_pool is not None and len(valid_pool):
+        if valid_pool is not None:  # pool_recipes returns None when there is no validation data
             self.valid_data = PairBatches(valid_pool, **common, shuffle=False, name="valid")
             samples = len(self.valid_data.plan(0))
-            self.valid_data.set_global_batch_size(max(unit, min(gbs, samples // unit * unit)))
+            if samples:
+                self.valid_data.set_global_batch_size(max(unit, min(gbs, samples // unit * unit)))
+            else:
+                self.valid_data = None
         self.train_iters = cfg.train.train_iters or self.train_data.steps_per_epoch
+        # Its worker thread starts with the first prefetch; fit() stops it however training ends.
+        self._batches = BatchPrefetcher(self.train_data, enabled=cfg.data.prefetch, end=self.train_iters)
         self.chunks = build_model_chunks(cfg, use_te=self.use_te)
         self.model = wrap_ddp(cfg, self.chunks)
         self.optimizer = build_optimizer(cfg, self.model, self.lr)
@@ -238,7 +243,7 @@ class Trainer:
         return float(t[0]), float(t[1])
 
     def train_step(self) -> dict:
-        batches = self.train_data.step_batches(self.step)
+        batches = self._batches.get(self.step)
         for m in self.model:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
@@ -250,6 +255,7 @@ class Trainer:
             self.scheduler.step(increment=1)
         elapsed = time.perf_counter() - t0
         tokens, sq = self._tokens(batches)
+        pairs_per_step = self.train_data.step_pairs(self.step)
         flops = model_flops(self.cfg.model, int(tokens), int(sq))
         extra = {}
         if self.cfg.train.precision == "fp16":
@@ -264,6 +270,9 @@ class Trainer:
             "tokens_per_s": tokens / elapsed,
             "tflops_per_device": flops / elapsed / self.topo.world_size / 1e12,
             "step_time_s": elapsed,
+            "batch_wait_s": self._batches.last_wait_s,  # host time the step waited for its batches
+            "batch_build_s": self._batches.last_build_s,  # host time building them took (overlapped)
+            "pairs_per_step": pairs_per_step,
         }
 
     def evaluate(self) -> dict | None:
@@ -356,6 +365,7 @@ class Trainer:
             if reason == "finished":
                 valid = self._log_valid()
         finally:
+            self._batches.close()
             signals.restore()
             self.writer.close()
         log.info("stopped at step %d (%s)", self.step, reason)

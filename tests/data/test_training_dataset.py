@@ -14,6 +14,9 @@ class _FakeDataset:
         rng = np.random.default_rng(seed)
         self.lengths = rng.integers(5, 120, size=(n, 2))
 
+    def __len__(self) -> int:
+        return len(self.lengths)
+
     def pair(self, i: int):
         c, r = self.lengths[i]
         return np.full(c, 2 * i % 500 + 1), np.full(r, (2 * i + 1) % 500 + 1)
