@@ -23,7 +23,7 @@ setup(
         "megatron-core>=0.16.1,<=0.19.2",
         "numpy>=1.26",
         "hydra-core>=1.3.2,<1.4",
-        "sentencepiece>=0.2.0,!=0.2.3",  # 0.2.3 needs protobuf>=7.36, wandb protobuf<7
+        "sentencepiece>=0.2.0",
         "tokenizers>=0.20",
         "safetensors>=0.4",
         "psutil>=5.9",
