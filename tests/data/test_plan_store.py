@@ -72,15 +72,22 @@ def _rank(root, rank, barrier, out):
 
 
 def test_one_writer_two_ranks_read_the_plan_a_single_process_computes(tmp_path):
-    ctx = mp.get_context("fork")  # numpy and the plan code only: forking is safe and fast here
-    barrier, out = ctx.Barrier(2, timeout=60), ctx.Queue()
-    procs = [ctx.Process(target=_rank, args=(tmp_path, r, barrier, out)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict((r, (built, digest)) for r, built, digest in (out.get(timeout=60) for _ in procs))
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
+    # spawn, not fork: pytest's process holds torch's thread pools, and a forked child can deadlock on a
+    # lock another thread held (seen: both ranks stuck in futex_wait, and the run hung at exit joining them).
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(2, timeout=120), ctx.Queue()
+    procs = [ctx.Process(target=_rank, args=(tmp_path, r, barrier, out), daemon=True) for r in range(2)]
+    try:
+        for p in procs:
+            p.start()
+        got = dict((r, (built, digest)) for r, built, digest in (out.get(timeout=180) for _ in procs))
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
     assert got[0][0] == 1 and got[1][0] == 0, "rank 0 builds the plan once, rank 1 only reads it"
     for rank in range(2):
         alone = _batches(_recipe(_tables()), PlanStore(None), dp_rank=rank, dp_size=2)
@@ -156,9 +163,11 @@ def _write_then_die(root, monkey_file):
 
 @pytest.mark.parametrize("dies_after", ["pair_ids.npy", "row_offsets.npy"])
 def test_killed_write_leaves_nothing_that_looks_complete(tmp_path, dies_after):
-    proc = mp.get_context("fork").Process(target=_write_then_die, args=(tmp_path, dies_after))
+    proc = mp.get_context("spawn").Process(target=_write_then_die, args=(tmp_path, dies_after), daemon=True)
     proc.start()
-    proc.join(timeout=60)
+    proc.join(timeout=180)
+    if proc.is_alive():
+        proc.kill()
     assert proc.exitcode == 9
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")], (
         "only a hidden temp dir may remain"
