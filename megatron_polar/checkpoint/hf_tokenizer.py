@@ -23,6 +23,7 @@ from pathlib import Path
 
 from megatron_polar.checkpoint.hf_fast_tokenizer import build_fast_tokenizer, write_fast_tokenizer
 from megatron_polar.checkpoint.hf_io import ConversionError, read_json, write_json
+from megatron_polar.data.tokenizer import RELEASED_ADDED_TOKENS, RELEASED_VOCAB_SIZE
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -38,21 +39,10 @@ TOKENIZER_FILES = (
     "generation_config.json",
 )
 
-# The released POLAR-7B tokenizer_config.json's added_tokens_decoder (id -> name); every entry is special.
-POLAR_ADDED_TOKENS = {
-    0: "<unk>",
-    1: "<s>",
-    2: "</s>",
-    92397: "<|reward|>",
-    92538: "<|plugin|>",
-    92539: "<|interpreter|>",
-    92540: "<|action_end|>",
-    92541: "<|action_start|>",
-    92542: "<|im_end|>",
-    92543: "<|im_start|>",
-}
-# Pieces that identify the InternLM2 vocabulary in a bare tokenizer.model.
-_POLAR_VOCAB_SIZE = 92544
+# The released POLAR-7B names (one table, in data/tokenizer.py) and the pieces that identify its
+# vocabulary in a bare tokenizer.model.
+POLAR_ADDED_TOKENS = RELEASED_ADDED_TOKENS
+_POLAR_VOCAB_SIZE = RELEASED_VOCAB_SIZE
 _POLAR_MARKERS = {92397: "[UNUSED_TOKEN_0]", 92527: "[UNUSED_TOKEN_130]"}
 
 # POLAR-shaped strings on which the fast tokenizer must give the sentencepiece ids (boundary cases of
