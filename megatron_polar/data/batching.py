@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from megatron.core.packed_seq_params import PackedSeqParams
 
-from megatron_polar.model.reward_model import RewardBatch
+from megatron_polar.data.batch import RewardBatch
 
 Pair = tuple[Sequence[int], Sequence[int]]
 

@@ -24,12 +24,12 @@ import numpy as np
 
 from megatron_polar.config.loader import ConfigError
 from megatron_polar.config.schema import DataConfig, DatasetSpec
+from megatron_polar.data.batch import RewardBatch
 from megatron_polar.data.batching import collate_packed, collate_padded
 from megatron_polar.data.contract import PairDataset, bin_path, idx_path, manifest_path, open_pair_dataset
 from megatron_polar.data.epoch_plan import EpochPlan, compute_epoch_plan
 from megatron_polar.data.packing import DEFAULT_WINDOW
 from megatron_polar.data.plan_store import PlanStore
-from megatron_polar.model.reward_model import RewardBatch
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from megatron_polar.model.reward_model import RewardBatch
+from megatron_polar.data.batch import RewardBatch
 
 
 class BatchPrefetcher:

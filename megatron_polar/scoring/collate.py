@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from megatron_polar.model.reward_model import RewardBatch
+from megatron_polar.data.batch import RewardBatch
 
 
 def padded_length(n: int, pad_multiple: int) -> int:

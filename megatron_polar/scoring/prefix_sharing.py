@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from megatron_polar.model.reward_model import RewardBatch
+from megatron_polar.data.batch import RewardBatch
 from megatron_polar.scoring.collate import padded_length
 
 

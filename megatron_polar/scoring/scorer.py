@@ -28,9 +28,10 @@ from typing import Any
 
 import torch
 
+from megatron_polar.data.batch import RewardBatch
 from megatron_polar.data.format import MIN_PROMPT_ROOM, RESERVED_TOKENS, encode_candidates
 from megatron_polar.model.builder import takes_attention_masks
-from megatron_polar.model.reward_model import PolarRewardModel, RewardBatch
+from megatron_polar.model.reward_model import PolarRewardModel
 from megatron_polar.parallel import cpu_backend
 from megatron_polar.scoring.collate import collate_sequences, plan_micro_batches
 from megatron_polar.scoring.normalizer import RewardNormalizer

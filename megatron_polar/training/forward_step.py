@@ -12,7 +12,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_polar.model.reward_model import RewardBatch
+from megatron_polar.data.batch import RewardBatch
 from megatron_polar.training.loss import METRIC_NAMES, means, pair_loss
 
 
