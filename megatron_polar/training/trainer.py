@@ -14,6 +14,7 @@ from megatron.core import parallel_state as ps
 from megatron_polar.checkpoint import manager
 from megatron_polar.config import from_yaml, to_yaml
 from megatron_polar.config.loader import ConfigError
+from megatron_polar.config.model_shape import WEIGHT_KEYS, model_differences
 from megatron_polar.config.schema import PolarConfig
 from megatron_polar.config.validate import validate_fp8_hardware
 from megatron_polar.data.dataset import PairBatches
@@ -85,25 +86,10 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
 
     # ----------------------------------------------------------------------------------------- state
-    _SHAPE_KEYS = (
-        "num_layers",
-        "hidden_size",
-        "num_attention_heads",
-        "num_query_groups",
-        "ffn_hidden_size",
-        "vocab_size",
-        "rotary_base",
-        "norm_epsilon",
-    )
-
     def _check_same_model(self, path) -> None:
         """Refuse weights of another shape *or* another RoPE/norm setting (those load but compute garbage)."""
         saved = from_yaml(manager.read_config_yaml(path)).model
-        diff = [
-            f"model.{k}: checkpoint {getattr(saved, k)} vs config {getattr(self.cfg.model, k)}"
-            for k in self._SHAPE_KEYS
-            if getattr(saved, k) != getattr(self.cfg.model, k)
-        ]
+        diff = model_differences(saved, self.cfg.model, WEIGHT_KEYS)
         if diff:
             raise ConfigError(f"checkpoint {path} does not match the model config: " + "; ".join(diff))
 
