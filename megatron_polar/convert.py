@@ -5,7 +5,8 @@
     python -m megatron_polar.convert export-hf --checkpoint runs/x/checkpoints --output out/rm \\
         --format llama --tokenizer BASE_MODEL --dtype bf16
 
-The logic lives in :mod:`megatron_polar.checkpoint.hf_convert`; see ``docs/conversion.md``.
+The logic lives in :mod:`megatron_polar.checkpoint.hf_import`, :mod:`~megatron_polar.checkpoint.hf_export`
+and :mod:`~megatron_polar.checkpoint.hf_config`; see ``docs/conversion.md``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import sys
 from collections.abc import Sequence
 
 from megatron_polar.checkpoint import manager
-from megatron_polar.checkpoint.hf_convert import ConversionError, export_hf, import_hf, model_overrides
+from megatron_polar.checkpoint.hf_config import model_overrides
+from megatron_polar.checkpoint.hf_export import export_hf
+from megatron_polar.checkpoint.hf_import import import_hf
+from megatron_polar.checkpoint.hf_io import ConversionError
 from megatron_polar.config import from_yaml
 from megatron_polar.utils.logging import get_logger, setup_logging
 

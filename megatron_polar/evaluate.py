@@ -12,8 +12,8 @@ import argparse
 import sys
 
 from megatron_polar.scoring.cli import add_scorer_args, scorer_from_args
-from megatron_polar.scoring.evaluation import evaluate_preferences, format_table, parse_ranked_row
 from megatron_polar.scoring.jsonl import BadRowError, iter_jsonl, write_json_atomic
+from megatron_polar.scoring.preference_accuracy import evaluate_preferences, format_table, parse_ranked_row
 from megatron_polar.scoring.requests import RequestError
 
 

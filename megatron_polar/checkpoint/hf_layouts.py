@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from megatron_polar.config.model_shape import TRUNK_SHAPE_KEYS
 from megatron_polar.config.schema import ModelConfig
 
 # (name, expected shape) -> tensor; raises ConversionError on a missing tensor or a shape mismatch.
@@ -45,7 +46,8 @@ _TE_NORM_ALIASES = {
 
 @dataclass(frozen=True)
 class TrunkShape:
-    """The dimensions that decide every tensor shape of the trunk."""
+    """The dimensions that decide every tensor shape of the trunk (``model.*`` :data:`TRUNK_SHAPE_KEYS`,
+    with the two head counts under shorter names)."""
 
     num_layers: int
     hidden_size: int
@@ -68,14 +70,8 @@ class TrunkShape:
 
     @classmethod
     def of(cls, m: ModelConfig) -> TrunkShape:
-        return cls(
-            num_layers=m.num_layers,
-            hidden_size=m.hidden_size,
-            num_heads=m.num_attention_heads,
-            num_kv_heads=m.num_query_groups,
-            ffn_hidden_size=m.ffn_hidden_size,
-            vocab_size=m.vocab_size,
-        )
+        """The shape of ``m``: its :data:`TRUNK_SHAPE_KEYS` values, which are this class's fields in order."""
+        return cls(*(getattr(m, k) for k in TRUNK_SHAPE_KEYS))
 
 
 def resolve_mcore_name(canonical: str, available: set[str] | dict) -> str:

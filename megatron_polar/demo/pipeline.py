@@ -228,7 +228,8 @@ def holdout_ranked_rows(p: DemoPaths, limit: int | None = None) -> list[dict]:
 
 def stage_evaluate(p: DemoPaths, s: DemoSizes) -> dict:
     """Accuracies before/after each training stage, the HF export and the example scores."""
-    from megatron_polar.demo import evaluation
+    # Imported here: it loads torch and megatron-core, which the other stages' orchestration never needs.
+    from megatron_polar.demo import in_process_scoring
 
     p.eval.mkdir(parents=True, exist_ok=True)
     tok = read_done(p.data)["tokenizer"]
@@ -303,8 +304,8 @@ def stage_evaluate(p: DemoPaths, s: DemoSizes) -> dict:
         "counting_before": json.loads((p.eval / "counting_before.json").read_text()),
         "counting_after": json.loads((p.eval / "counting_after.json").read_text()),
         "holdout_after": json.loads((p.eval / "holdout_after.json").read_text()),
-        "holdout_before": evaluation.untrained_accuracy(p.pretrain_run, tok, read_jsonl(holdout)),
-        "examples": evaluation.score_examples(sft_ckpt, tok, p.export),
+        "holdout_before": in_process_scoring.untrained_accuracy(p.pretrain_run, tok, read_jsonl(holdout)),
+        "examples": in_process_scoring.score_examples(sft_ckpt, tok, p.export),
         "export": str(p.export),
     }
     (p.eval / "results.json").write_text(json.dumps(results, indent=2) + "\n")

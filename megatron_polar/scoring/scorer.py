@@ -18,16 +18,20 @@ spread is reported by :meth:`PolarScorer.score_detailed`.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from megatron_polar.checkpoint.model_loading import (
+    LoadedModel,
+    is_hf_directory,
+    load_from_checkpoint,
+    load_from_hf,
+)
 from megatron_polar.data.batch import RewardBatch
 from megatron_polar.data.format import MIN_PROMPT_ROOM, RESERVED_TOKENS, encode_candidates
 from megatron_polar.model.builder import takes_attention_masks
@@ -95,12 +99,6 @@ def aggregate(encoded: EncodedRequest, rewards: Sequence[float]) -> list[Candida
             )
         )
     return out
-
-
-def _default_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 class PolarScorer:
@@ -182,16 +180,8 @@ class PolarScorer:
                 usable), ``transformer_engine`` or ``local`` (PyTorch SDPA; takes shared-prefix rows).
             options: keyword arguments of :class:`PolarScorer` (``batch_tokens``, ``max_length``, ...).
         """
-        from megatron_polar.model.standalone import load_checkpoint_model
-
-        device = _default_device(device)
-        precision = precision or ("bf16" if device == "cuda" else "fp32")
-        cfg, model = load_checkpoint_model(
-            str(path), precision=precision, device=device, transformer_impl=transformer_impl
-        )
-        tok = _load_tokenizer(tokenizer)
-        _check_tokenizer(cfg, tok)
-        return cls._finish_load(cfg, model, tok, path, normalizer, options, "checkpoint")
+        loaded = load_from_checkpoint(path, tokenizer, device, precision, transformer_impl)
+        return cls._finish_load(loaded, path, normalizer, options)
 
     @classmethod
     def from_hf(
@@ -211,16 +201,8 @@ class PolarScorer:
         with the reward and split token ids that ``config.json`` records. Other arguments as
         :meth:`from_checkpoint`.
         """
-        from megatron_polar.checkpoint.hf_convert import load_hf_model
-
-        device = _default_device(device)
-        precision = precision or ("bf16" if device == "cuda" else "fp32")
-        cfg, model, layout = load_hf_model(
-            directory, precision=precision, device=device, transformer_impl=transformer_impl
-        )
-        tok = _load_tokenizer(tokenizer) if tokenizer is not None else _hf_tokenizer(directory, cfg)
-        _check_tokenizer(cfg, tok)
-        return cls._finish_load(cfg, model, tok, directory, normalizer, options, f"{layout} HF export")
+        loaded = load_from_hf(directory, tokenizer, device, precision, transformer_impl)
+        return cls._finish_load(loaded, directory, normalizer, options)
 
     @classmethod
     def load(cls, model: str | os.PathLike, tokenizer: Any = None, **kwargs: Any) -> PolarScorer:
@@ -235,21 +217,19 @@ class PolarScorer:
     @classmethod
     def _finish_load(
         cls,
-        cfg: Any,
-        model: PolarRewardModel,
-        tok: Any,
+        loaded: LoadedModel,
         path: str | os.PathLike,
         normalizer: RewardNormalizer | str | os.PathLike | None,
         options: dict[str, Any],
-        what: str,
     ) -> PolarScorer:
+        cfg, model = loaded.cfg, loaded.model
         options.setdefault("max_length", min(16384, cfg.model.max_position_embeddings))
         options.setdefault("name", str(path))
         if normalizer is not None and not isinstance(normalizer, RewardNormalizer):
             normalizer = RewardNormalizer.load(normalizer)
         param = next(model.parameters())
-        log.info("scorer: %s (%s) on %s (%s)", path, what, param.device, cfg.train.precision)
-        return cls(model, tok, normalizer=normalizer, **options)
+        log.info("scorer: %s (%s) on %s (%s)", path, loaded.source, param.device, cfg.train.precision)
+        return cls(model, loaded.tokenizer, normalizer=normalizer, **options)
 
     # ------------------------------------------------------------------ encoding
     def encode(self, request: ScoreRequest) -> EncodedRequest:
@@ -425,51 +405,3 @@ class PolarScorer:
             "max_response_length": self.max_response_length,
             "normalized": self.normalizer is not None,
         }
-
-
-def is_hf_directory(path: str | os.PathLike) -> bool:
-    """True for an HF model directory (``config.json`` naming ``architectures``), False otherwise."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        return bool(json.loads(config.read_text(encoding="utf-8")).get("architectures"))
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _hf_tokenizer(directory: str | os.PathLike, cfg: Any) -> Any:
-    """The tokenizer an HF export carries, with the special ids its ``config.json`` records."""
-    from megatron_polar.data.tokenizer import load_tokenizer
-
-    m = cfg.model
-    if m.reward_token_id is None or m.split_token_id is None:
-        raise ValueError(
-            f"{directory}/config.json records no reward_token_id/split_token_id: pass the tokenizer (and "
-            "token names) explicitly"
-        )
-    return load_tokenizer(directory, split_token_id=m.split_token_id, reward_token_id=m.reward_token_id)
-
-
-def _load_tokenizer(tokenizer: Any) -> Any:
-    if isinstance(tokenizer, (str, os.PathLike)):
-        from megatron_polar.data.tokenizer import load_tokenizer
-
-        return load_tokenizer(tokenizer)
-    return tokenizer
-
-
-def _check_tokenizer(cfg: Any, tok: Any) -> None:
-    """Refuse a tokenizer whose ids the model cannot embed or whose special ids disagree with it."""
-    if tok.vocab_size > cfg.model.vocab_size:
-        raise ValueError(
-            f"tokenizer has {tok.vocab_size} ids but the model embeds only {cfg.model.vocab_size}: "
-            "wrong tokenizer for this checkpoint?"
-        )
-    for what in ("reward_token_id", "split_token_id"):
-        want = getattr(cfg.model, what)
-        if want is not None and want != getattr(tok, what):
-            raise ValueError(
-                f"the checkpoint was trained with {what}={want} but the tokenizer gives "
-                f"{getattr(tok, what)}: pass the matching tokenizer or token names"
-            )

@@ -206,8 +206,19 @@ class PolarRewardServer(ThreadingHTTPServer):
         thread.start()
         return thread
 
+    def request_stop(self) -> None:
+        """Ask the serving loop to end, without waiting for it: safe on the serving thread itself (a
+        signal handler), where :meth:`stop` would wait for its own loop forever."""
+        self.stopping = True
+        # shutdown() blocks until serve_forever has left its loop: call it from another thread.
+        threading.Thread(target=self.shutdown, name="polar-http-stop", daemon=True).start()
+
     def stop(self) -> None:
-        """Graceful stop: no new connections, finish in-flight requests, drain the batcher."""
+        """Graceful stop: no new connections, finish in-flight requests, drain the batcher.
+
+        Call it from any thread but the serving one while the server runs, or on any thread once
+        ``serve_forever`` has returned (then ``shutdown()`` returns at once): the one shutdown path.
+        """
         self.stopping = True
         self.shutdown()  # returns once serve_forever has left its loop
         self.server_close()  # closes the socket and joins handler threads
@@ -220,9 +231,7 @@ def serve_until_signal(server: PolarRewardServer) -> None:
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
-        server.stopping = True
-        # shutdown() waits for serve_forever, which runs on this thread: call it from another one.
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        server.request_stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -235,10 +244,7 @@ def serve_until_signal(server: PolarRewardServer) -> None:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        server.stopping = True
-        server.server_close()
-        server.service.batcher.close()
-        log.info("reward server stopped after %d requests", server.service.requests_served)
+        server.stop()  # serve_forever has returned, so its shutdown() does not wait
 
 
 def build_server(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,17 +13,18 @@ from megatron.core import parallel_state as ps
 
 from megatron_polar.checkpoint import manager
 from megatron_polar.config import from_yaml, to_yaml
-from megatron_polar.config.hparams import require_law_inputs, scaling_law_batch_size, scaling_law_lr
 from megatron_polar.config.loader import ConfigError
+from megatron_polar.config.model_shape import WEIGHT_KEYS, model_differences
 from megatron_polar.config.schema import PolarConfig
 from megatron_polar.config.validate import validate_fp8_hardware
-from megatron_polar.data.dataset import PairBatches, PoolRecipe, check_tokenizers, open_datasets, pool_recipes
-from megatron_polar.data.plan_store import PlanStore
+from megatron_polar.data.dataset import PairBatches
 from megatron_polar.data.prefetch import BatchPrefetcher
-from megatron_polar.model.builder import build_model_chunks, count_parameters, resolve_use_te
+from megatron_polar.model.builder import build_model_chunks, resolve_use_te
 from megatron_polar.parallel import topology
 from megatron_polar.training.forward_step import forward_backward
 from megatron_polar.training.optim import build_scheduler, current_lr, guarded_step
+from megatron_polar.training.resolve import resolve_hparams, resolve_tokens, with_hparams
+from megatron_polar.training.run_data import batch_options, build_valid_batches, open_pools
 from megatron_polar.training.setup import apply_determinism_env, build_optimizer, force_param_sync, wrap_ddp
 from megatron_polar.training.signals import ExitSignal
 from megatron_polar.utils.logging import get_logger
@@ -42,71 +43,6 @@ class TrainResult:
     valid: dict | None
 
 
-def _pools(cfg: PolarConfig) -> tuple[PoolRecipe, PoolRecipe | None, dict]:
-    """Open the datasets (mmap, no token reads) and describe the pools; drawing them is the plan writer's job."""
-    if not cfg.data.train:
-        raise ConfigError("data.train is empty: pass 'data.train=[{path: <prefix>, weight: 1.0}]'")
-    train_sets = open_datasets(cfg.data.train)
-    valid_sets = open_datasets(cfg.data.valid) if cfg.data.valid else []
-    tokenizer = check_tokenizers(train_sets + valid_sets)
-    train, valid = pool_recipes(cfg.data, train_sets, valid_sets)
-    return train, valid, tokenizer
-
-
-def resolve_tokens(cfg: PolarConfig, tokenizer: dict) -> PolarConfig:
-    """Fill the special-token ids from the data and check they agree with the model config."""
-    m = cfg.model
-    for key in ("reward_token_id", "split_token_id"):
-        data_id = tokenizer.get(key)
-        if getattr(m, key) is None:
-            m = replace(m, **{key: data_id})
-        elif data_id is not None and getattr(m, key) != data_id:
-            raise ConfigError(f"model.{key}={getattr(m, key)} but the dataset was built with {data_id}")
-    if tokenizer.get("vocab_size", 0) > m.vocab_size:
-        raise ConfigError(
-            f"the tokenizer has {tokenizer['vocab_size']} ids but model.vocab_size={m.vocab_size}"
-        )
-    return replace(cfg, model=m)
-
-
-def resolve_hparams(cfg: PolarConfig, pairs_per_sample: float, unit_multiple: int) -> tuple[float, int]:
-    """Peak lr and global batch (in samples), computing "auto" values from the paper's laws."""
-    n = count_parameters(cfg)
-    lr, gbs = cfg.optim.lr, cfg.train.global_batch_size
-    if lr == "auto" or gbs == "auto":
-        require_law_inputs(cfg.model.base_model_tokens, cfg.train.rm_tokens, need_dp=lr == "auto")
-    if lr == "auto":
-        lr = scaling_law_lr(n, cfg.model.base_model_tokens, cfg.train.rm_tokens)
-        log.info(
-            "optim.lr=auto -> %.3g (N=%.3g, Dp=%.3g, Drm=%.3g)",
-            lr,
-            n,
-            cfg.model.base_model_tokens,
-            cfg.train.rm_tokens,
-        )
-    if gbs == "auto":
-        pairs = scaling_law_batch_size(n, cfg.train.rm_tokens)
-        gbs = round_batch(pairs / pairs_per_sample, unit_multiple)
-        got = gbs * pairs_per_sample
-        log.info(
-            "train.global_batch_size=auto -> law %d pairs -> %d samples (nearest multiple of %d) x %.2f "
-            "pairs per sample = %.0f pairs per step (%+.1f%%)",
-            round(pairs),
-            gbs,
-            unit_multiple,
-            pairs_per_sample,
-            got,
-            100 * (got / pairs - 1),
-        )
-    return float(lr), int(gbs)
-
-
-def round_batch(samples: float, unit_multiple: int) -> int:
-    """The multiple of ``unit_multiple`` nearest to ``samples`` (at least one), so "auto" stays as close
-    to the scaling law as the data-parallel layout allows (rounding up added 32% at 7B on 912 GPUs)."""
-    return max(unit_multiple, int(math.floor(samples / unit_multiple + 0.5)) * unit_multiple)
-
-
 class Trainer:
     """Owns the model, optimizer, data and writers of one run; :meth:`fit` runs it."""
 
@@ -115,42 +51,17 @@ class Trainer:
         self.topo = topology.initialize(cfg.parallel, cfg.train.seed)
         if self.topo.device.type == "cuda":
             validate_fp8_hardware(cfg, torch.cuda.get_device_capability())
-        train_pool, valid_pool, tokenizer = _pools(cfg)
+        train_pool, valid_pool, tokenizer = open_pools(cfg)
         cfg = resolve_tokens(cfg, tokenizer)
         self.use_te = resolve_use_te(cfg)
-        thd = self.use_te and cfg.data.layout == "packed"
         unit = cfg.train.micro_batch_size * self.topo.dp_size
-        common = dict(
-            layout=cfg.data.layout,
-            seq_length=cfg.data.seq_length,
-            micro_batch_size=cfg.train.micro_batch_size,
-            dp_rank=self.topo.dp_rank,
-            dp_size=self.topo.dp_size,
-            seed=cfg.data.seed,
-            window=cfg.data.pack_window,
-            pad_id=0,
-            thd=thd,
-            store=PlanStore(
-                cfg.data.plan_dir or Path(cfg.logging.run_dir) / "plans",
-                is_writer=self.topo.rank == 0,
-                barrier=dist.barrier,
-            ),
-        )
-        self.train_data = PairBatches(train_pool, **common, name="train")
+        options = batch_options(cfg, self.topo, self.use_te)
+        self.train_data = PairBatches(train_pool, **options, name="train")
         self.lr, gbs = resolve_hparams(cfg, self.train_data.pairs_per_sample(), unit)
-        cfg = replace(
-            cfg, train=replace(cfg.train, global_batch_size=gbs), optim=replace(cfg.optim, lr=self.lr)
-        )
+        cfg = with_hparams(cfg, self.lr, gbs)
         self.cfg = cfg
         self.train_data.set_global_batch_size(gbs)
-        self.valid_data = None
-        if valid_pool is not None:  # pool_recipes returns None when there is no validation data
-            self.valid_data = PairBatches(valid_pool, **common, shuffle=False, name="valid")
-            samples = len(self.valid_data.plan(0))
-            if samples:
-                self.valid_data.set_global_batch_size(max(unit, min(gbs, samples // unit * unit)))
-            else:
-                self.valid_data = None
+        self.valid_data = build_valid_batches(valid_pool, options, gbs, unit)
         self.train_iters = cfg.train.train_iters or self.train_data.steps_per_epoch
         # Its worker thread starts with the first prefetch; fit() stops it however training ends.
         self._batches = BatchPrefetcher(self.train_data, enabled=cfg.data.prefetch, end=self.train_iters)
@@ -175,25 +86,10 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
 
     # ----------------------------------------------------------------------------------------- state
-    _SHAPE_KEYS = (
-        "num_layers",
-        "hidden_size",
-        "num_attention_heads",
-        "num_query_groups",
-        "ffn_hidden_size",
-        "vocab_size",
-        "rotary_base",
-        "norm_epsilon",
-    )
-
     def _check_same_model(self, path) -> None:
         """Refuse weights of another shape *or* another RoPE/norm setting (those load but compute garbage)."""
         saved = from_yaml(manager.read_config_yaml(path)).model
-        diff = [
-            f"model.{k}: checkpoint {getattr(saved, k)} vs config {getattr(self.cfg.model, k)}"
-            for k in self._SHAPE_KEYS
-            if getattr(saved, k) != getattr(self.cfg.model, k)
-        ]
+        diff = model_differences(saved, self.cfg.model, WEIGHT_KEYS)
         if diff:
             raise ConfigError(f"checkpoint {path} does not match the model config: " + "; ".join(diff))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_polar.checkpoint.hf_convert import import_hf
+from megatron_polar.checkpoint.hf_import import import_hf
 from tests.convert import hf_fixtures as fx
 
 

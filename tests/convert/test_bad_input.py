@@ -9,8 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from megatron_polar.checkpoint import hf_convert, hf_io
-from megatron_polar.checkpoint.hf_convert import ConversionError, export_hf, import_hf
+from megatron_polar.checkpoint import hf_export, hf_io
+from megatron_polar.checkpoint.hf_export import export_hf
+from megatron_polar.checkpoint.hf_import import import_hf
+from megatron_polar.checkpoint.hf_io import ConversionError
 from megatron_polar.convert import main
 
 
@@ -151,7 +153,7 @@ def test_failed_export_keeps_the_previous_directory(tmp_path, causal_ckpt, monke
     def fail(path, obj):
         raise OSError("quota exceeded")
 
-    monkeypatch.setattr(hf_convert, "write_json", fail)
+    monkeypatch.setattr(hf_export, "write_json", fail)
     with pytest.raises(OSError, match="quota"):
         export_hf(causal_ckpt, target, overwrite=True)
     assert _leftovers(tmp_path, "out") == ["out"]

@@ -110,7 +110,7 @@ def test_exported_wqkv_splits_back_into_the_source_projections_in_each_engine(wo
     """The exported ``wqkv`` of a Llama-sourced model gives the Llama q/k/v under each engine's split."""
     from safetensors.torch import load_file
 
-    from megatron_polar.checkpoint.hf_convert import export_hf
+    from megatron_polar.checkpoint.hf_export import export_hf
 
     out = export_hf(seqcls_ckpt, work / "ex-engine-split", fmt="internlm2")
     src, ours = load_file(seqcls_dir / "model.safetensors"), fx.load_dir(out)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from megatron_polar.checkpoint.hf_convert import export_hf, import_hf
+from megatron_polar.checkpoint.hf_export import export_hf
+from megatron_polar.checkpoint.hf_import import import_hf
 from megatron_polar.convert import main
 from tests.convert import hf_fixtures as fx
 from tests.convert.workers import resave_at_layout

@@ -19,7 +19,8 @@ TEXTS = [
 
 
 def _build(tmp_path):
-    from megatron_polar.checkpoint.hf_convert import export_hf, import_hf
+    from megatron_polar.checkpoint.hf_export import export_hf
+    from megatron_polar.checkpoint.hf_import import import_hf
 
     hf = fx.save_llama(tmp_path / "hf", seq_cls=True, seed=11, vocab_size=fx.POLAR_VOCAB, layers=2)
     ckpt = import_hf(hf, tmp_path / "ck", reward_token=fx.POLAR_REWARD_ID, split_token=fx.POLAR_SPLIT_ID)
@@ -31,8 +32,8 @@ def test_vllm_scores_an_internlm2_export_like_our_model(tmp_path):
     vllm = pytest.importorskip("vllm", reason="vLLM is not installed")
     from transformers import AutoTokenizer
 
+    from megatron_polar.checkpoint.model_loading import load_checkpoint_model
     from megatron_polar.data.batching import collate_padded
-    from megatron_polar.model.standalone import load_checkpoint_model
 
     ckpt, out = _build(tmp_path)
     tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)

@@ -9,8 +9,8 @@ import pytest
 from megatron_polar import evaluate as evaluate_cli
 from megatron_polar import score as score_cli
 from megatron_polar.scoring.batch_scoring import score_file
-from megatron_polar.scoring.evaluation import evaluate_preferences, format_table
 from megatron_polar.scoring.jsonl import BadRowError
+from megatron_polar.scoring.preference_accuracy import evaluate_preferences, format_table
 from megatron_polar.scoring.requests import parse_row
 
 ROWS = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_polar.training.trainer import round_batch
+from megatron_polar.training.resolve import round_batch
 
 
 @pytest.mark.parametrize(
