@@ -29,7 +29,7 @@ import sys
 
 import numpy as np
 
-from megatron_polar.config.loader import ConfigError, load_config
+from megatron_polar.config.loader import load_config
 from megatron_polar.data.contract import DatasetError, open_pair_dataset
 from megatron_polar.planning import Hardware, plan_layout
 from megatron_polar.planning.calibration import CalibrationError, fit, load_measurements
@@ -37,6 +37,7 @@ from megatron_polar.planning.lengths import LengthStats, length_stats, paper_len
 from megatron_polar.planning.performance import GpuSpec, anchor_scale, predict_step
 from megatron_polar.planning.ranking import format_ranking, layout_of, rank_layouts
 from megatron_polar.planning.report import format_brief, format_table
+from megatron_polar.utils.errors import ConfigError
 
 PAPER_7B_BATCH_PAIRS = 4343  # the paper's batch for POLAR-7B (appendix A.1.2)
 PACKING_EFFICIENCY = 0.98  # non-padding share of packed rows (published packers reach >= 98%)

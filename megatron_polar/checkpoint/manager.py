@@ -30,6 +30,7 @@ from megatron.core.dist_checkpointing.validation import StrictHandling
 from torch import nn
 
 from megatron_polar.checkpoint import optim_shards
+from megatron_polar.utils.errors import CheckpointError
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -38,10 +39,6 @@ MARKER = "COMPLETE"
 CONFIG_FILE = "polar_config.yaml"
 STATE_FILE = "train_state.json"
 _NAME = re.compile(r"^iter_(\d{7,})$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, incomplete or does not fit the model."""
 
 
 def checkpoint_name(step: int) -> str:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from megatron_polar.config.loader import ConfigError
 from megatron_polar.config.schema import PolarConfig
+from megatron_polar.utils.errors import ConfigError
 
 _CHOICES = {
     "model.transformer_impl": ("auto", "transformer_engine", "local"),

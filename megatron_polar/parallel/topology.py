@@ -15,9 +15,9 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core import tensor_parallel
 
-from megatron_polar.config.loader import ConfigError
 from megatron_polar.config.schema import ParallelConfig
 from megatron_polar.parallel import cpu_backend
+from megatron_polar.utils.errors import ConfigError
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)

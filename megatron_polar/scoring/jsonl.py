@@ -8,9 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-
-class BadRowError(ValueError):
-    """A row that cannot be used; the message starts with ``file:line:``."""
+from megatron_polar.utils.errors import BadRowError as BadRowError
 
 
 def iter_jsonl(path: str | os.PathLike, start_line: int = 0) -> Iterator[tuple[int, Any, str | None]]:

@@ -14,7 +14,6 @@ from megatron.core import parallel_state as ps
 from megatron_polar.checkpoint import manager
 from megatron_polar.config import from_yaml, to_yaml
 from megatron_polar.config.hparams import require_law_inputs, scaling_law_batch_size, scaling_law_lr
-from megatron_polar.config.loader import ConfigError
 from megatron_polar.config.schema import PolarConfig
 from megatron_polar.config.validate import validate_fp8_hardware
 from megatron_polar.data.dataset import PairBatches, PoolRecipe, check_tokenizers, open_datasets, pool_recipes
@@ -26,6 +25,7 @@ from megatron_polar.training.forward_step import forward_backward
 from megatron_polar.training.optim import build_scheduler, current_lr, guarded_step
 from megatron_polar.training.setup import apply_determinism_env, build_optimizer, force_param_sync, wrap_ddp
 from megatron_polar.training.signals import ExitSignal
+from megatron_polar.utils.errors import ConfigError
 from megatron_polar.utils.logging import get_logger
 from megatron_polar.utils.metrics import MetricsWriter, model_flops
 
