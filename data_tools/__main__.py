@@ -17,8 +17,15 @@ import argparse
 import json
 import sys
 
+from data_tools.build import BuildConfig, build_dataset
+from data_tools.inspect_dataset import inspect, pair_records
+from data_tools.loops import LoopConfig
+from data_tools.merge import merge_build, merge_pair
+from data_tools.pairing import PairConfig, run_pair, run_rank
 from data_tools.records import DEFAULT_MAX_LINE_BYTES, InputError, RecordError
-from megatron_polar.data.tokenizer import DEFAULT_REWARD_TOKEN, DEFAULT_SPLIT_TOKEN
+from data_tools.sharding import ShardSpec
+from megatron_polar.data.contract import read_manifest
+from megatron_polar.data.tokenizer import DEFAULT_REWARD_TOKEN, DEFAULT_SPLIT_TOKEN, load_tokenizer
 from megatron_polar.utils.logging import get_logger, setup_logging
 
 logger = get_logger("data_tools")
@@ -197,9 +204,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "pair":
-        from data_tools.loops import LoopConfig
-        from data_tools.pairing import PairConfig, run_pair
-
         cfg = PairConfig(
             pairs_per_prompt=args.pairs_per_prompt,
             allow_policy_repeat=args.allow_policy_repeat,
@@ -213,7 +217,6 @@ def _run(args: argparse.Namespace) -> None:
             strict=args.strict,
             max_line_bytes=args.max_line_bytes,
         )
-        from data_tools.sharding import ShardSpec
 
         stats = run_pair(
             args.inputs,
@@ -226,8 +229,6 @@ def _run(args: argparse.Namespace) -> None:
         )
         print(json.dumps(stats.as_dict(), indent=2, ensure_ascii=False))
     elif args.command == "rank":
-        from data_tools.pairing import run_rank
-
         stats = run_rank(
             args.inputs,
             args.output,
@@ -238,9 +239,6 @@ def _run(args: argparse.Namespace) -> None:
         )
         print(json.dumps(stats.as_dict(), indent=2, ensure_ascii=False))
     elif args.command == "build":
-        from data_tools.build import BuildConfig, build_dataset
-        from megatron_polar.data.tokenizer import load_tokenizer
-
         tok = load_tokenizer(
             args.tokenizer,
             args.split_token,
@@ -272,8 +270,6 @@ def _run(args: argparse.Namespace) -> None:
             )
         )
     elif args.command == "merge":
-        from data_tools.merge import merge_build, merge_pair
-
         if args.kind == "build":
             manifest = merge_build(args.output, args.num_shards, args.overwrite, args.remove_shards)
             summary = {"prefix": args.output, **manifest["counts"], "tokens": manifest["tokens"]}
@@ -284,17 +280,11 @@ def _run(args: argparse.Namespace) -> None:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     elif args.command == "inspect":
         if args.manifest:
-            from megatron_polar.data.contract import read_manifest
-
             print(json.dumps(read_manifest(args.prefix), indent=2, ensure_ascii=False))
         elif args.json:
-            from data_tools.inspect_dataset import pair_records
-
             for record in pair_records(args.prefix, args.start, args.samples):
                 sys.stdout.write(json.dumps(record) + "\n")
         else:
-            from data_tools.inspect_dataset import inspect
-
             samples = 3 if args.samples is None else args.samples
             print(inspect(args.prefix, samples, args.tokenizer, args.max_chars, args.start))
 

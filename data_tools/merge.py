@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from data_tools.build import builder_lengths, length_stats
+from data_tools.index_builder import CompactIndexedDatasetBuilder
 from data_tools.pairing import done_path
 from data_tools.records import BadRows
 from data_tools.sharding import shard_path, shard_prefix
@@ -98,8 +99,6 @@ def merge_build(prefix: str, count: int, overwrite: bool = False, remove_shards:
     The ``.bin``/``.idx`` equal a one-process build's byte for byte; the manifest equals its in every
     field but the timings (``created_unix``, ``build``) and the hashes of inputs split between shards.
     """
-    from data_tools.index_builder import CompactIndexedDatasetBuilder
-
     start = time.perf_counter()
     manifests = _shard_manifests(prefix, count)
     final = {

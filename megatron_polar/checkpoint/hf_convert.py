@@ -457,7 +457,7 @@ def export_hf(
     device: str = "cpu",
 ) -> Path:
     """Export the megatron_polar checkpoint ``checkpoint`` (any saved layout) as an HF directory."""
-    from megatron_polar.model.standalone import load_checkpoint_model
+    from megatron_polar.checkpoint.loading import load_checkpoint_model
 
     output = Path(output)
     if fmt not in LAYOUTS:

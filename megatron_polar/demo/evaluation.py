@@ -14,6 +14,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from megatron_polar.config import from_yaml
+from megatron_polar.data.tokenizer import load_tokenizer
+from megatron_polar.model.standalone import build_single, single_process_config
+from megatron_polar.scoring.evaluation import evaluate_preferences, parse_ranked_row
+from megatron_polar.scoring.requests import ScoreRequest
+from megatron_polar.scoring.scorer import PolarScorer
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -58,11 +67,6 @@ EXAMPLES: list[dict] = [
 
 def untrained_accuracy(run_dir: Path, tokenizer: str, rows: list[dict]) -> dict:
     """Pair accuracy of a freshly initialised model with the configuration of ``run_dir``'s run."""
-    from megatron_polar.config import from_yaml
-    from megatron_polar.model.standalone import build_single, single_process_config
-    from megatron_polar.scoring.evaluation import evaluate_preferences
-    from megatron_polar.scoring.scorer import PolarScorer
-
     cfg = single_process_config(from_yaml((Path(run_dir) / "config.yaml").read_text()), "fp32")
     model = build_single(cfg, device="cpu").eval()
     scorer = PolarScorer(model, tokenizer=_tokenizer(tokenizer), explicit_mask=True, name="untrained")
@@ -84,14 +88,10 @@ def untrained_accuracy(run_dir: Path, tokenizer: str, rows: list[dict]) -> dict:
 
 
 def _tokenizer(path: str):
-    from megatron_polar.data.tokenizer import load_tokenizer
-
     return load_tokenizer(path)
 
 
 def _request(row: dict):
-    from megatron_polar.scoring.evaluation import parse_ranked_row
-
     return parse_ranked_row(row)[0]
 
 
@@ -101,12 +101,6 @@ def score_examples(checkpoint: str, tokenizer: str, export_dir: Path) -> list[di
     The HF model gets the very token ids the scorer built (the released string, reward token last),
     so the two columns differ only by the model implementation.
     """
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from megatron_polar.scoring.requests import ScoreRequest
-    from megatron_polar.scoring.scorer import PolarScorer
-
     scorer = PolarScorer.from_checkpoint(checkpoint, tokenizer=tokenizer, device="cpu")
     hf = AutoModelForSequenceClassification.from_pretrained(export_dir, torch_dtype=torch.float32).eval()
     out = []

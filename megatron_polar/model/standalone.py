@@ -1,7 +1,7 @@
 """One-process use of a reward model outside training: conversion, scoring, serving, evaluation.
 
 Sets up a world of one (gloo on CPU, NCCL on a GPU) with TP=PP=1 and builds the full model; checkpoints
-saved at any layout load into it through dist_checkpointing.
+saved at any layout load into it through ``checkpoint/loading.py``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from dataclasses import replace
 
 import torch
 
-from megatron_polar.checkpoint import manager
-from megatron_polar.config import from_yaml
 from megatron_polar.config.schema import ParallelConfig, PolarConfig
 from megatron_polar.model.builder import build_model_chunks
 from megatron_polar.model.reward_model import PolarRewardModel
@@ -60,19 +58,3 @@ def with_transformer_impl(cfg: PolarConfig, impl: str | None) -> PolarConfig:
         raise ValueError(f"transformer_impl must be auto, transformer_engine or local, got {impl!r}")
     fp8 = None if impl == "local" else cfg.model.fp8
     return replace(cfg, model=replace(cfg.model, transformer_impl=impl, fp8=fp8))
-
-
-def load_checkpoint_model(
-    path: str, precision: str | None = "fp32", device: str = "auto", transformer_impl: str | None = None
-) -> tuple[PolarConfig, PolarRewardModel]:
-    """The config and the full model of a megatron_polar checkpoint (any saved layout), in eval mode.
-
-    ``transformer_impl`` overrides the saved ``model.transformer_impl`` (see :func:`with_transformer_impl`).
-    """
-    ckpt = manager.resolve(path)
-    cfg = single_process_config(from_yaml(manager.read_config_yaml(ckpt)), precision)
-    cfg = with_transformer_impl(cfg, transformer_impl)
-    model = build_single(cfg, device)
-    manager.load(ckpt, [model])
-    model.eval()
-    return cfg, model

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from megatron_polar.data.tokenizer import load_tokenizer
 from megatron_polar.scoring.scorer import PolarScorer, is_hf_directory
+from megatron_polar.utils.logging import setup_logging
 
 
 def add_scorer_args(parser: argparse.ArgumentParser) -> None:
@@ -57,9 +59,6 @@ def add_scorer_args(parser: argparse.ArgumentParser) -> None:
 
 def scorer_from_args(args: argparse.Namespace, max_batch_sequences: int = 64) -> PolarScorer:
     """Build the scorer the parsed options describe."""
-    from megatron_polar.data.tokenizer import load_tokenizer
-    from megatron_polar.utils.logging import setup_logging
-
     setup_logging(args.log_level)
     if args.threads:
         import torch

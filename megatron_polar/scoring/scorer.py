@@ -182,7 +182,7 @@ class PolarScorer:
                 usable), ``transformer_engine`` or ``local`` (PyTorch SDPA; takes shared-prefix rows).
             options: keyword arguments of :class:`PolarScorer` (``batch_tokens``, ``max_length``, ...).
         """
-        from megatron_polar.model.standalone import load_checkpoint_model
+        from megatron_polar.checkpoint.loading import load_checkpoint_model
 
         device = _default_device(device)
         precision = precision or ("bf16" if device == "cuda" else "fp32")

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from megatron_polar.checkpoint.hf_convert import export_hf, import_hf
+from megatron_polar.checkpoint.loading import load_checkpoint_model
 from megatron_polar.data.batching import collate_padded
-from megatron_polar.model.standalone import load_checkpoint_model
 from tests.convert import hf_fixtures as fx
 
 SEQ = 32

@@ -31,8 +31,8 @@ def test_vllm_scores_an_internlm2_export_like_our_model(tmp_path):
     vllm = pytest.importorskip("vllm", reason="vLLM is not installed")
     from transformers import AutoTokenizer
 
+    from megatron_polar.checkpoint.loading import load_checkpoint_model
     from megatron_polar.data.batching import collate_padded
-    from megatron_polar.model.standalone import load_checkpoint_model
 
     ckpt, out = _build(tmp_path)
     tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)

@@ -50,8 +50,8 @@ def te_packed_vs_padded(overrides: list[str]) -> dict:
 def local_checkpoint_into_te(root: str) -> dict:
     """Rewards of a checkpoint saved with the local spec, scored by the local and by the TE model."""
     from megatron_polar.checkpoint import manager
+    from megatron_polar.checkpoint.loading import load_checkpoint_model
     from megatron_polar.config import to_yaml
-    from megatron_polar.model.standalone import load_checkpoint_model
 
     cfg = load_config(["model.transformer_impl=local", "train.precision=bf16"])
     topology.initialize(cfg.parallel, seed=1234)
@@ -75,8 +75,8 @@ def scoring_local_vs_te(root: str) -> dict:
     import random
 
     from megatron_polar.checkpoint import manager
+    from megatron_polar.checkpoint.loading import load_checkpoint_model
     from megatron_polar.config import to_yaml
-    from megatron_polar.model.standalone import load_checkpoint_model
     from megatron_polar.scoring.scorer import PolarScorer
 
     cfg = load_config(["model.transformer_impl=transformer_engine", "train.precision=bf16"])
