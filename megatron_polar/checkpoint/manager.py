@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from megatron.core import dist_checkpointing
-from megatron.core import parallel_state as ps
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.validation import StrictHandling
 from torch import nn
 
 from megatron_polar.checkpoint import optim_shards
+from megatron_polar.parallel import comm
 from megatron_polar.utils.errors import CheckpointError
 from megatron_polar.utils.logging import get_logger
 
@@ -110,22 +109,21 @@ def _rng_sharded_object() -> ShardedObject:
         "torch": torch.get_rng_state(),
         "tracker": get_cuda_rng_tracker().get_states(),
     }
-    pp, tp = ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()
-    pp_n, tp_n = ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size()
-    return ShardedObject("rng_state", state, (pp_n, tp_n), (pp, tp), replica_id=ps.get_data_parallel_rank())
+    pp, tp = comm.pp_rank(), comm.tp_rank()
+    pp_n, tp_n = comm.pp_size(), comm.tp_size()
+    return ShardedObject("rng_state", state, (pp_n, tp_n), (pp, tp), replica_id=comm.dp_rank())
 
 
 def _layout() -> dict:
     return {
-        "tp": ps.get_tensor_model_parallel_world_size(),
-        "pp": ps.get_pipeline_model_parallel_world_size(),
-        "dp": ps.get_data_parallel_world_size(),
+        "tp": comm.tp_size(),
+        "pp": comm.pp_size(),
+        "dp": comm.dp_size(),
     }
 
 
 def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+    comm.barrier()
 
 
 def save(
@@ -140,7 +138,7 @@ def save(
     """Collectively save a checkpoint for ``step``; return its directory once it is complete."""
     root = Path(root)
     path = root / checkpoint_name(step)
-    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    rank0 = comm.is_global_rank0()
     if rank0:
         root.mkdir(parents=True, exist_ok=True)
         if path.exists():  # a partial save of this step, or an older run's: replace it

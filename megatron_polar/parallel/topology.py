@@ -1,7 +1,8 @@
-"""The one place that talks to ``torch.distributed`` and megatron-core's ``parallel_state`` set-up.
+"""Sets up and tears down ``torch.distributed`` and megatron-core's ``parallel_state``.
 
-Everything else asks :class:`Topology` which rank it is, which pipeline stage it holds, and which
-groups to use.
+This module and :mod:`megatron_polar.parallel.comm` (ranks, stage flags and collectives for the layers
+above) are the only modules that import either; ``tests/test_import_contract.py`` enforces it and lists
+the few exceptions. Entry points ask :class:`Topology` which rank they are and which stage they hold.
 """
 
 from __future__ import annotations

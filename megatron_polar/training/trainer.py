@@ -21,13 +21,14 @@ from megatron_polar.data.plan_store import PlanStore
 from megatron_polar.data.prefetch import BatchPrefetcher
 from megatron_polar.model.builder import build_model_chunks, count_parameters, resolve_use_te
 from megatron_polar.parallel import topology
+from megatron_polar.planning.flops import model_flops
 from megatron_polar.training.forward_step import forward_backward
 from megatron_polar.training.optim import build_scheduler, current_lr, guarded_step
 from megatron_polar.training.setup import apply_determinism_env, build_optimizer, force_param_sync, wrap_ddp
 from megatron_polar.training.signals import ExitSignal
 from megatron_polar.utils.errors import ConfigError
 from megatron_polar.utils.logging import get_logger
-from megatron_polar.utils.metrics import MetricsWriter, model_flops
+from megatron_polar.utils.metrics import MetricsWriter
 
 log = get_logger(__name__)
 

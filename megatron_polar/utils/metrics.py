@@ -1,4 +1,4 @@
-"""Training metrics: model FLOPs, throughput, and the writers (console, metrics.jsonl, TensorBoard, wandb)."""
+"""Training metric writers: console, metrics.jsonl, TensorBoard, wandb (model FLOPs: planning/flops.py)."""
 
 from __future__ import annotations
 
@@ -6,25 +6,9 @@ import json
 import os
 from pathlib import Path
 
-from megatron_polar.config.schema import ModelConfig
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-
-def model_flops(m: ModelConfig, real_tokens: int, sum_sq_lengths: int) -> float:
-    """Forward+backward FLOPs of the reward model on ``real_tokens`` tokens.
-
-    Dense matmuls cost 6 FLOPs per non-embedding parameter per token (2 forward, 4 backward). Causal
-    attention adds ``QK^T`` and ``AV``: 2 x 2 x h x L^2 / 2 forward FLOPs per layer for a sequence of
-    length L, times 3 for the backward. Padding is not counted: these are *model* FLOPs.
-    """
-    head_dim = m.hidden_size // m.num_attention_heads
-    qkv = m.hidden_size * (m.num_attention_heads + 2 * m.num_query_groups) * head_dim
-    per_layer = qkv + m.hidden_size * m.hidden_size + 3 * m.hidden_size * m.ffn_hidden_size
-    dense = 6.0 * m.num_layers * per_layer * real_tokens
-    attention = 6.0 * m.num_layers * m.hidden_size * sum_sq_lengths
-    return dense + attention
 
 
 class MetricsWriter:
