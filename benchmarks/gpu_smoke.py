@@ -398,9 +398,9 @@ def format_table(results: list[dict]) -> str:
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    from megatron_polar.utils.io import write_json_atomic as write
+
+    write(path, obj, default=str, newline=False)
 
 
 def main(argv: list[str] | None = None) -> int:

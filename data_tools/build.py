@@ -30,11 +30,11 @@ from data_tools.encode import TRUNCATION_KEYS, ChunkResult, EncodeSettings, enco
 from data_tools.index_builder import CompactIndexedDatasetBuilder
 from data_tools.records import DEFAULT_MAX_LINE_BYTES, BadRows, InputFile
 from data_tools.sharding import FileRange, ShardSpec, iter_range_lines, plan_ranges, shard_prefix
-from data_tools.writers import check_writable
 from megatron_polar.data import contract
 from megatron_polar.data.format import check_lengths
 from megatron_polar.data.packing import pack_pairs, packing_efficiency, split_oversize
 from megatron_polar.data.tokenizer import PolarTokenizer
+from megatron_polar.utils.io import check_writable
 from megatron_polar.utils.logging import get_logger
 
 logger = get_logger(__name__)

@@ -20,8 +20,8 @@ from data_tools.index_builder import CompactIndexedDatasetBuilder
 from data_tools.pairing import done_path
 from data_tools.records import BadRows
 from data_tools.sharding import shard_path, shard_prefix
-from data_tools.writers import check_writable, temp_name
 from megatron_polar.data import contract
+from megatron_polar.utils.io import check_writable, temp_path
 from megatron_polar.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -188,7 +188,7 @@ def merge_pair(
     outputs = [output] + ([holdout_output] if holdout_output else [])
     check_writable(outputs, overwrite)
     for out in outputs:
-        tmp = temp_name(out)
+        tmp = temp_path(out)
         try:
             with open(tmp, "wb") as dst:
                 for i in range(count):

@@ -14,7 +14,6 @@ previous complete checkpoint, and the next save at that step replaces the partia
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -30,6 +29,7 @@ from torch import nn
 from megatron_polar.checkpoint import optim_shards
 from megatron_polar.parallel import comm
 from megatron_polar.utils.errors import CheckpointError
+from megatron_polar.utils.io import write_text_atomic
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -83,12 +83,8 @@ def resolve(path: str | Path) -> Path:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # Synced before the rename: a crash must not leave an empty completion marker behind.
+    write_text_atomic(path, text, fsync=True)
 
 
 def _unwrap(chunk: nn.Module) -> nn.Module:

@@ -1,14 +1,14 @@
-"""JSONL reading with file:line errors, and atomic writes for the scoring tools."""
+"""JSONL reading with file:line errors for the scoring tools (atomic writes: utils/io.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from megatron_polar.utils.errors import BadRowError as BadRowError
+from megatron_polar.utils.io import write_json_atomic as write_json_atomic
 
 
 def iter_jsonl(path: str | os.PathLike, start_line: int = 0) -> Iterator[tuple[int, Any, str | None]]:
@@ -31,11 +31,3 @@ def count_lines(path: str | os.PathLike) -> int:
     """Number of lines of a file (for progress totals)."""
     with open(path, "rb") as f:
         return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

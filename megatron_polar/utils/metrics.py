@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from megatron_polar.utils.io import write_text_atomic
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -68,9 +69,7 @@ class MetricsWriter:
                     kept.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a crash
-        tmp = self._jsonl_path.with_suffix(".tmp")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        os.replace(tmp, self._jsonl_path)
+        write_text_atomic(self._jsonl_path, "".join(k + "\n" for k in kept))
 
     def log(self, step: int, metrics: dict, prefix: str = "train") -> None:
         if not self.enabled:
