@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from megatron_polar.data.tokenizer import load_tokenizer
+from megatron_polar.data.tokenizer import DEFAULT_REWARD_TOKEN, DEFAULT_SPLIT_TOKEN, load_tokenizer
 from megatron_polar.scoring.scorer import PolarScorer, is_hf_directory
 from megatron_polar.utils.logging import setup_logging
 
@@ -22,9 +22,11 @@ def add_scorer_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="sentencepiece .model, tokenizer.json, or a dir (default for an HF directory: its own)",
     )
-    g.add_argument("--split-token", default="<|reward|>", help="split token name (default: %(default)s)")
     g.add_argument(
-        "--reward-token", default="[UNUSED_TOKEN_130]", help="reward token name (default: %(default)s)"
+        "--split-token", default=DEFAULT_SPLIT_TOKEN, help="split token name (default: %(default)s)"
+    )
+    g.add_argument(
+        "--reward-token", default=DEFAULT_REWARD_TOKEN, help="reward token name (default: %(default)s)"
     )
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     g.add_argument(
