@@ -10,8 +10,8 @@ or megatron-core import.
 Errors that stay with their module, and why: ``PlanError`` (``data/plan_store.py``, being reworked on
 another branch), ``BatcherClosed`` (``scoring/batcher.py``: a shutdown signal inside the batcher, not
 bad input), ``RewardServerError`` (``integrations/verl.py``: the verl client imports nothing from this
-package so it can run inside verl's workers), ``RecordError`` and ``InputError`` (``data_tools``: the
-build tool's own input schema).
+package so it can run inside verl's workers), ``RecordError`` (``data_tools``: the
+build tool's own input schema; ``InputError`` lives here because the shared JSONL reader raises it).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ __all__ = [
     "ConfigError",
     "ConversionError",
     "DatasetError",
+    "InputError",
     "PolarError",
     "RequestError",
 ]
@@ -67,3 +68,7 @@ class CheckpointError(PolarError, RuntimeError):
 
 class ConversionError(PolarError, RuntimeError):
     """An input that cannot be converted; the message names the file or tensor and what is wrong."""
+
+
+class InputError(PolarError, RuntimeError):
+    """An input file cannot be read to its end (missing, truncated or corrupt compression)."""
