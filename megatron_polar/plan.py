@@ -30,6 +30,7 @@ import sys
 import numpy as np
 
 from megatron_polar.config.loader import load_config
+from megatron_polar.config.schema import DataLayout, Precision, values
 from megatron_polar.data.contract import DatasetError, open_pair_dataset
 from megatron_polar.planning import Hardware, plan_layout
 from megatron_polar.planning.calibration import CalibrationError, fit, load_measurements
@@ -113,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--micro-batch", type=int)
     ap.add_argument("--global-batch", help="integer or auto")
     ap.add_argument("--seq-length", type=int)
-    ap.add_argument("--layout", choices=["packed", "padded"])
-    ap.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--layout", choices=values(DataLayout))
+    ap.add_argument("--precision", choices=values(Precision))
     ap.add_argument("--recompute", choices=["full", "selective", "none"])
     ap.add_argument("--recompute-method", choices=["uniform", "block"])
     ap.add_argument("--recompute-num-layers", type=int)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from megatron_polar.config.schema import Precision, TransformerImpl, values
 from megatron_polar.data.tokenizer import DEFAULT_REWARD_TOKEN, DEFAULT_SPLIT_TOKEN, load_tokenizer
 from megatron_polar.scoring.scorer import PolarScorer, is_hf_directory
 from megatron_polar.utils.logging import setup_logging
@@ -29,9 +30,7 @@ def add_scorer_args(parser: argparse.ArgumentParser) -> None:
         "--reward-token", default=DEFAULT_REWARD_TOKEN, help="reward token name (default: %(default)s)"
     )
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    g.add_argument(
-        "--precision", default=None, choices=("fp32", "bf16", "fp16"), help="default: bf16 GPU, fp32 CPU"
-    )
+    g.add_argument("--precision", default=None, choices=values(Precision), help="default: bf16 GPU, fp32 CPU")
     g.add_argument(
         "--batch-tokens", type=int, default=16384, help="token budget per micro-batch (rows x length)"
     )
@@ -41,7 +40,7 @@ def add_scorer_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--transformer-impl",
         default=None,
-        choices=("auto", "local", "transformer_engine"),
+        choices=values(TransformerImpl),
         help="layer spec (default: the checkpoint's, auto for an HF directory); local takes shared-prefix "
         "rows on a GPU too",
     )
