@@ -50,9 +50,10 @@ gpu-smoke: ## One-GPU smoke run (<10 min in NVIDIA's container): prints a table,
 demo: $(STAMP) ## End-to-end POLAR demo on the CPU, offline (report: demo_out/report/REPORT.md; REBUILD=1 redoes all)
 	$(PY) -m megatron_polar.demo --check $(if $(REBUILD),--rebuild) $(DEMO_ARGS)
 
-lint: $(STAMP) ## ruff lint and format check
+lint: $(STAMP) ## ruff lint and format check, and the import contract (layers, tests/test_import_contract.py)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q tests/test_import_contract.py
 
 format: $(STAMP) ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .

@@ -192,9 +192,9 @@ def _one_step(overrides: list[str], seq_length: int, pair_tokens: int, sync_debu
     from megatron_polar.data.batching import collate_packed
     from megatron_polar.model.builder import build_model_chunks
     from megatron_polar.parallel import topology
+    from megatron_polar.planning.flops import model_flops
     from megatron_polar.training.forward_step import forward_backward
     from megatron_polar.training.setup import build_optimizer, wrap_ddp
-    from megatron_polar.utils.metrics import model_flops
 
     cfg = load_config([*TINY_GPU, f"data.seq_length={seq_length}", *overrides])
     topo = topology.initialize(cfg.parallel, cfg.train.seed)
@@ -398,9 +398,9 @@ def format_table(results: list[dict]) -> str:
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    from megatron_polar.utils.io import write_json_atomic as write
+
+    write(path, obj, default=str, newline=False)
 
 
 def main(argv: list[str] | None = None) -> int:

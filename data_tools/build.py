@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data_tools.encode import TRUNCATION_KEYS, ChunkResult, EncodeSettings, encode_chunk, init_worker
+from data_tools.index_builder import CompactIndexedDatasetBuilder
 from data_tools.records import DEFAULT_MAX_LINE_BYTES, BadRows, InputFile
 from data_tools.sharding import FileRange, ShardSpec, iter_range_lines, plan_ranges, shard_prefix
-from data_tools.writers import check_writable
 from megatron_polar.data import contract
 from megatron_polar.data.format import check_lengths
 from megatron_polar.data.packing import pack_pairs, packing_efficiency, split_oversize
 from megatron_polar.data.tokenizer import PolarTokenizer
+from megatron_polar.utils.io import check_writable
 from megatron_polar.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -151,8 +152,6 @@ def build_dataset(
         RecordError: under ``cfg.strict``, the first bad row (its message names ``file:line``).
         InputError: an input is missing or truncated.
     """
-    from data_tools.index_builder import CompactIndexedDatasetBuilder
-
     check_lengths(cfg.max_length, cfg.max_response_length)
     if not paths:
         raise ValueError("no input files")

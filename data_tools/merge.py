@@ -16,11 +16,12 @@ import time
 import numpy as np
 
 from data_tools.build import builder_lengths, length_stats
+from data_tools.index_builder import CompactIndexedDatasetBuilder
 from data_tools.pairing import done_path
 from data_tools.records import BadRows
 from data_tools.sharding import shard_path, shard_prefix
-from data_tools.writers import check_writable, temp_name
 from megatron_polar.data import contract
+from megatron_polar.utils.io import check_writable, temp_path
 from megatron_polar.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -98,8 +99,6 @@ def merge_build(prefix: str, count: int, overwrite: bool = False, remove_shards:
     The ``.bin``/``.idx`` equal a one-process build's byte for byte; the manifest equals its in every
     field but the timings (``created_unix``, ``build``) and the hashes of inputs split between shards.
     """
-    from data_tools.index_builder import CompactIndexedDatasetBuilder
-
     start = time.perf_counter()
     manifests = _shard_manifests(prefix, count)
     final = {
@@ -189,7 +188,7 @@ def merge_pair(
     outputs = [output] + ([holdout_output] if holdout_output else [])
     check_writable(outputs, overwrite)
     for out in outputs:
-        tmp = temp_name(out)
+        tmp = temp_path(out)
         try:
             with open(tmp, "wb") as dst:
                 for i in range(count):

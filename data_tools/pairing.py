@@ -34,7 +34,8 @@ from data_tools.records import (
     require_text,
 )
 from data_tools.sharding import ShardSpec, partition_block, shard_path
-from data_tools.writers import AtomicJsonlWriter, check_writable, temp_name
+from data_tools.writers import AtomicJsonlWriter
+from megatron_polar.utils.io import check_writable, write_json_atomic
 from megatron_polar.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -322,10 +323,7 @@ def run_pair(
             "settings": _settings(cfg),
             "stats": stats.as_dict(),
         }
-        tmp = temp_name(done_path(output))
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(marker, f, indent=2, ensure_ascii=False)
-        os.replace(tmp, done_path(output))
+        write_json_atomic(done_path(output), marker, ensure_ascii=False, newline=False)
     return stats
 
 

@@ -8,21 +8,18 @@ or, under ``--strict``, let it stop the run. A damaged file (a truncated ``.gz``
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from megatron_polar.data.format import flatten_messages
+from megatron_polar.utils.errors import InputError
+from megatron_polar.utils.jsonl import DEFAULT_MAX_LINE_BYTES, InputFile, open_lines
 from megatron_polar.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-DEFAULT_MAX_LINE_BYTES = 16 << 20  # longer lines are skipped as ``line_too_long`` without being held
-_READ_BLOCK = 1 << 20
 LINE_REASONS = ("line_too_long", "invalid_utf8", "malformed_json", "not_an_object")  # from parse_line
 
 
@@ -40,10 +37,6 @@ class RecordError(ValueError):
     def at(self, location: str) -> RecordError:
         """The same error, placed at ``location``."""
         return RecordError(self.reason, self.message, location)
-
-
-class InputError(RuntimeError):
-    """An input file cannot be read to its end (missing, truncated or corrupt compression)."""
 
 
 @dataclass
@@ -82,135 +75,18 @@ class BadRows:
         }
 
 
-class _HashingReader(io.RawIOBase):
-    """Pass-through reader that hashes the raw (compressed) bytes it hands on."""
-
-    def __init__(self, raw: io.BufferedReader) -> None:
-        self._raw = raw
-        self.sha256 = hashlib.sha256()
-        self.nbytes = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        n = self._raw.readinto(b)
-        if n:
-            self.sha256.update(memoryview(b)[:n])
-            self.nbytes += n
-        return n or 0
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
-class _ZstdReader(io.RawIOBase):
-    """Multi-frame zstd decompression that notices a truncated last frame (``stream_reader`` does not)."""
-
-    def __init__(self, raw: io.RawIOBase) -> None:
-        import zstandard
-
-        self._raw = raw
-        self._dctx = zstandard.ZstdDecompressor()
-        self._dobj = None
-        self._buf = b""
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        while self._pos >= len(self._buf):
-            chunk = self._raw.read(_READ_BLOCK)
-            if not chunk:
-                if self._dobj is not None and not self._dobj.eof:
-                    raise EOFError("zstd stream ends inside a frame (truncated file)")
-                return 0
-            out = []
-            while chunk:
-                if self._dobj is None or self._dobj.eof:
-                    self._dobj = self._dctx.decompressobj()
-                out.append(self._dobj.decompress(chunk))
-                chunk = self._dobj.unused_data if self._dobj.eof else b""
-            self._buf, self._pos = b"".join(out), 0
-        n = min(len(b), len(self._buf) - self._pos)
-        b[:n] = self._buf[self._pos : self._pos + n]
-        self._pos += n
-        return n
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
-@dataclass
-class InputFile:
-    """What a manifest records about one input: filled in while the file is read."""
-
-    path: str
-    size: int = 0
-    mtime: float = 0.0
-    sha256: str | None = None  # of the file's bytes as stored (compressed), set after a full read
-    lines: int = 0
-
-    def as_dict(self) -> dict:
-        """JSON-ready form."""
-        return {
-            "path": self.path,
-            "size": self.size,
-            "mtime": self.mtime,
-            "sha256": self.sha256,
-            "lines": self.lines,
-        }
-
-
 def iter_raw_lines(path: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, info: InputFile | None = None):
-    """Yield ``(line_number, bytes | None)`` for each line of a ``.jsonl``, ``.jsonl.gz`` or ``.jsonl.zst``.
-
-    A line longer than ``max_line_bytes`` is yielded as ``None`` after being read past in bounded blocks,
-    so memory stays within about ``max_line_bytes``. Blank lines are skipped. Fills ``info`` (size,
-    mtime, sha256 of the stored bytes, line count) when given.
+    """Yield ``(line_number, bytes | None)`` for each non-blank line of a ``.jsonl``, ``.jsonl.gz`` or
+    ``.jsonl.zst`` (``None``: longer than ``max_line_bytes``); see :func:`megatron_polar.utils.jsonl.open_lines`.
 
     Raises:
         InputError: the file is missing or its compression is truncated/corrupt (names ``file:line``).
     """
     try:
-        st = os.stat(path)
-        raw = open(path, "rb", buffering=0)
+        lines = open_lines(path, max_line_bytes, info)
     except OSError as e:
         raise InputError(f"{path}: cannot open: {e}") from e
-    if info is not None:
-        info.size, info.mtime = st.st_size, st.st_mtime
-    hashing = _HashingReader(raw)
-    if path.endswith(".gz"):
-        stream = gzip.GzipFile(fileobj=io.BufferedReader(hashing, _READ_BLOCK), mode="rb")
-    elif path.endswith(".zst") or path.endswith(".zstd"):
-        stream = io.BufferedReader(_ZstdReader(io.BufferedReader(hashing, _READ_BLOCK)), _READ_BLOCK)
-    else:
-        stream = io.BufferedReader(hashing, _READ_BLOCK)
-    line_no = 0
-    try:
-        with stream:
-            while True:
-                line = stream.readline(max_line_bytes + 1)
-                if not line:
-                    break
-                line_no += 1
-                if len(line) > max_line_bytes and not line.endswith(b"\n"):
-                    while line and not line.endswith(b"\n"):
-                        line = stream.readline(_READ_BLOCK)
-                    yield line_no, None
-                    continue
-                if line.strip():
-                    yield line_no, line
-    except (EOFError, OSError, gzip.BadGzipFile) as e:
-        raise InputError(
-            f"{path}:{line_no + 1}: input ends early or is corrupt ({e}); nothing was written"
-        ) from e
-    if info is not None:
-        info.sha256 = hashing.sha256.hexdigest()
-        info.lines = line_no
+    yield from lines
 
 
 def parse_line(raw: bytes | None, location: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> dict:

@@ -1,4 +1,4 @@
-"""Atomic output files: written under a temporary name, renamed into place only on success."""
+"""Atomic JSONL output for the pipeline (the temporary-name rule is megatron_polar/utils/io.py's)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,7 @@ import gzip
 import json
 import os
 
-
-def check_writable(paths: list[str], overwrite: bool) -> None:
-    """Refuse to clobber existing outputs unless ``overwrite``."""
-    existing = [p for p in paths if p and os.path.exists(p)]
-    if existing and not overwrite:
-        raise FileExistsError(f"output exists: {', '.join(existing)} (pass --overwrite to replace)")
-
-
-def temp_name(path: str) -> str:
-    """A sibling temporary name (same filesystem, so the final rename is atomic)."""
-    head, tail = os.path.split(os.path.abspath(path))
-    return os.path.join(head, f".{tail}.tmp-{os.getpid()}")
+from megatron_polar.utils.io import check_writable, temp_path
 
 
 class AtomicJsonlWriter:
@@ -30,7 +19,7 @@ class AtomicJsonlWriter:
         if path:
             check_writable([path], overwrite)
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self._tmp = temp_name(path)
+            self._tmp = temp_path(path)
 
     def __enter__(self) -> AtomicJsonlWriter:
         if self.path:

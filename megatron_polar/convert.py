@@ -21,6 +21,7 @@ from megatron_polar.checkpoint.hf_export import export_hf
 from megatron_polar.checkpoint.hf_import import import_hf
 from megatron_polar.checkpoint.hf_io import ConversionError
 from megatron_polar.config import from_yaml
+from megatron_polar.config.schema import Precision, values
 from megatron_polar.utils.logging import get_logger, setup_logging
 
 log = get_logger("megatron_polar.convert")
@@ -41,9 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument(
         "--head-init", choices=["zeros", "normal"], default="zeros", help="head without a source"
     )
-    imp.add_argument(
-        "--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto", help="weights dtype"
-    )
+    imp.add_argument("--dtype", choices=("auto", *values(Precision)), default="auto", help="weights dtype")
     imp.add_argument("--seed", type=int, default=1234, help="seed of --head-init normal")
     imp.add_argument("--device", choices=["cpu", "auto"], default="cpu")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --output")
@@ -62,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokenizer",
         help="tokenizer directory, tokenizer.json or tokenizer.model (a .model also gets a checked tokenizer.json)",
     )
-    exp.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: the checkpoint's precision")
+    exp.add_argument("--dtype", choices=values(Precision), help="default: the checkpoint's precision")
     exp.add_argument("--max-shard-size", default="4GB", help="safetensors shard size (e.g. 4GB, 500MB)")
     exp.add_argument("--pad-token-id", type=int, help="pad id for last-token pooling (llama format)")
     exp.add_argument("--reward-token-id", type=int, help="override the checkpoint's model.reward_token_id")

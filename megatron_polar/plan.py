@@ -29,7 +29,8 @@ import sys
 
 import numpy as np
 
-from megatron_polar.config.loader import ConfigError, load_config
+from megatron_polar.config.loader import load_config
+from megatron_polar.config.schema import DataLayout, Precision, values
 from megatron_polar.data.contract import DatasetError, open_pair_dataset
 from megatron_polar.planning import Hardware, plan_layout
 from megatron_polar.planning.calibration import CalibrationError, fit, load_measurements
@@ -37,6 +38,7 @@ from megatron_polar.planning.lengths import LengthStats, length_stats, paper_len
 from megatron_polar.planning.performance import GpuSpec, anchor_scale, predict_step
 from megatron_polar.planning.ranking import format_ranking, layout_of, rank_layouts
 from megatron_polar.planning.report import format_brief, format_table
+from megatron_polar.utils.errors import ConfigError
 
 PAPER_7B_BATCH_PAIRS = 4343  # the paper's batch for POLAR-7B (appendix A.1.2)
 PACKING_EFFICIENCY = 0.98  # non-padding share of packed rows (published packers reach >= 98%)
@@ -112,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--micro-batch", type=int)
     ap.add_argument("--global-batch", help="integer or auto")
     ap.add_argument("--seq-length", type=int)
-    ap.add_argument("--layout", choices=["packed", "padded"])
-    ap.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--layout", choices=values(DataLayout))
+    ap.add_argument("--precision", choices=values(Precision))
     ap.add_argument("--recompute", choices=["full", "selective", "none"])
     ap.add_argument("--recompute-method", choices=["uniform", "block"])
     ap.add_argument("--recompute-num-layers", type=int)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 
 from megatron_polar.config import ConfigError, load_config, to_yaml
+from megatron_polar.utils.errors import CheckpointError, DatasetError
 from megatron_polar.utils.logging import setup_logging
 
 
@@ -43,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         # are missing are noise. On a GPU they stay visible (and the model builder stops with the TE
         # import error unless model.transformer_impl=local).
         warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex) (is|are) not installed.*")
-    from megatron_polar.checkpoint.manager import CheckpointError
-    from megatron_polar.data.contract import DatasetError
+    # megatron-core is imported only here, after the filter above (its notices fire at import time);
+    # --help and --cfg never pay for it. The contract test lists these two imports as its exceptions.
     from megatron_polar.parallel import topology
     from megatron_polar.training.trainer import train
 

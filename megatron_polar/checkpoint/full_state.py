@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 
 import torch
-import torch.distributed as dist
-from megatron.core import parallel_state as ps
 from torch import nn
+
+from megatron_polar.parallel import comm
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
 _EXTRA_STATE = "_extra_state"
@@ -64,7 +64,7 @@ def named_parameters_global(chunks: list[nn.Module]):
 @torch.no_grad()
 def load_full_state(chunks: list[nn.Module], full: dict[str, torch.Tensor]) -> None:
     """Copy this rank's shards of ``full`` into the parameters of ``chunks``."""
-    tp_rank, tp_size = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
+    tp_rank, tp_size = comm.tp_rank(), comm.tp_size()
     for name, param in named_parameters_global(chunks):
         if name not in full:
             raise KeyError(f"full state has no tensor for parameter {name}")
@@ -76,8 +76,7 @@ def load_full_state(chunks: list[nn.Module], full: dict[str, torch.Tensor]) -> N
 
 def gather_full_state(chunks: list[nn.Module], *, grads: bool = False) -> dict[str, torch.Tensor]:
     """Assemble the full parameters (or their ``main_grad``/``grad``) on every rank, in fp32."""
-    tp_group = ps.get_tensor_model_parallel_group()
-    tp_size = ps.get_tensor_model_parallel_world_size()
+    tp_size = comm.tp_size()
     local: dict[str, torch.Tensor] = {}
     for name, param in named_parameters_global(chunks):
         value = param
@@ -86,14 +85,11 @@ def gather_full_state(chunks: list[nn.Module], *, grads: bool = False) -> dict[s
             value = param.grad if value is None else value
         value = value.detach().float()
         if tp_size > 1 and getattr(param, "tensor_model_parallel", False):
-            parts = [torch.empty_like(value) for _ in range(tp_size)]
-            dist.all_gather(parts, value.contiguous(), group=tp_group)
-            value = unshard(name, parts, param)
+            value = unshard(name, comm.gather_tensor_parallel(value), param)
         local[name] = value.cpu()
-    if ps.get_pipeline_model_parallel_world_size() == 1:
+    if comm.pp_size() == 1:
         return local
-    gathered: list[dict] = [None] * ps.get_pipeline_model_parallel_world_size()  # type: ignore[list-item]
-    dist.all_gather_object(gathered, local, group=ps.get_pipeline_model_parallel_group())
+    gathered: list[dict] = comm.gather_pipeline_objects(local)
     full: dict[str, torch.Tensor] = {}
     for part in gathered:
         full.update(part)

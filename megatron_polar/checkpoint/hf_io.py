@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from megatron_polar.utils.errors import ConversionError
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -31,10 +32,6 @@ SINGLE_FILE = "model.safetensors"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
-
-
-class ConversionError(RuntimeError):
-    """An input that cannot be converted; the message names the file or tensor and what is wrong."""
 
 
 def parse_size(text: str | int) -> int:

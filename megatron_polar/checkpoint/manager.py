@@ -14,7 +14,6 @@ previous complete checkpoint, and the next save at that step replaces the partia
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -22,14 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from megatron.core import dist_checkpointing
-from megatron.core import parallel_state as ps
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.validation import StrictHandling
 from torch import nn
 
 from megatron_polar.checkpoint import optim_shards
+from megatron_polar.parallel import comm
+from megatron_polar.utils.errors import CheckpointError
+from megatron_polar.utils.io import write_text_atomic
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -38,10 +38,6 @@ MARKER = "COMPLETE"
 CONFIG_FILE = "polar_config.yaml"
 STATE_FILE = "train_state.json"
 _NAME = re.compile(r"^iter_(\d{7,})$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, incomplete or does not fit the model."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -87,12 +83,8 @@ def resolve(path: str | Path) -> Path:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # Synced before the rename: a crash must not leave an empty completion marker behind.
+    write_text_atomic(path, text, fsync=True)
 
 
 def _unwrap(chunk: nn.Module) -> nn.Module:
@@ -113,22 +105,21 @@ def _rng_sharded_object() -> ShardedObject:
         "torch": torch.get_rng_state(),
         "tracker": get_cuda_rng_tracker().get_states(),
     }
-    pp, tp = ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()
-    pp_n, tp_n = ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size()
-    return ShardedObject("rng_state", state, (pp_n, tp_n), (pp, tp), replica_id=ps.get_data_parallel_rank())
+    pp, tp = comm.pp_rank(), comm.tp_rank()
+    pp_n, tp_n = comm.pp_size(), comm.tp_size()
+    return ShardedObject("rng_state", state, (pp_n, tp_n), (pp, tp), replica_id=comm.dp_rank())
 
 
 def _layout() -> dict:
     return {
-        "tp": ps.get_tensor_model_parallel_world_size(),
-        "pp": ps.get_pipeline_model_parallel_world_size(),
-        "dp": ps.get_data_parallel_world_size(),
+        "tp": comm.tp_size(),
+        "pp": comm.pp_size(),
+        "dp": comm.dp_size(),
     }
 
 
 def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+    comm.barrier()
 
 
 def save(
@@ -143,7 +134,7 @@ def save(
     """Collectively save a checkpoint for ``step``; return its directory once it is complete."""
     root = Path(root)
     path = root / checkpoint_name(step)
-    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    rank0 = comm.is_global_rank0()
     if rank0:
         root.mkdir(parents=True, exist_ok=True)
         if path.exists():  # a partial save of this step, or an older run's: replace it

@@ -11,7 +11,7 @@ The batch size counts pairs.
 
 from __future__ import annotations
 
-from megatron_polar.config.loader import ConfigError
+from megatron_polar.utils.errors import ConfigError
 
 
 def scaling_law_lr(params: float, base_model_tokens: float, rm_tokens: float) -> float:

@@ -12,12 +12,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from megatron_polar.config.schema import PolarConfig, register_configs
+from megatron_polar.config.validate import validate
+from megatron_polar.utils.errors import ConfigError
 
 CONFIG_DIR_ENV = "POLAR_CONF_DIR"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the key to change."""
 
 
 def default_config_dir() -> Path:
@@ -43,8 +41,6 @@ def load_config(
         cause = exc.__cause__ or exc
         raise ConfigError(f"invalid configuration: {cause}") from exc
     assert isinstance(obj, PolarConfig)
-    from megatron_polar.config.validate import validate
-
     validate(obj)
     return obj
 

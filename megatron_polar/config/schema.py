@@ -3,14 +3,103 @@
 Every Hydra preset under ``conf/`` is validated against these dataclasses, so a misspelled or unknown
 key fails at start-up with the key's name. Fields that accept the string ``"auto"`` as well as a
 number are typed ``Any`` (OmegaConf has no unions) and checked in :func:`validate`.
+
+Fields with a fixed set of values name an :class:`~enum.Enum` below (:func:`one_of`); the field itself
+stays a plain string in YAML, in saved checkpoints and in code, and ``config/validate.py`` checks it
+against the enum, so the allowed values are written once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+
+
+class TransformerImpl(Enum):
+    AUTO = "auto"  # Transformer Engine when it imports and works, else the local spec
+    TRANSFORMER_ENGINE = "transformer_engine"
+    LOCAL = "local"
+
+
+class RecomputeGranularity(Enum):
+    SELECTIVE = "selective"
+    FULL = "full"
+
+
+class RecomputeMethod(Enum):
+    UNIFORM = "uniform"
+    BLOCK = "block"
+
+
+class Fp8Format(Enum):
+    E4M3 = "e4m3"
+    HYBRID = "hybrid"
+
+
+class Fp8Recipe(Enum):
+    DELAYED = "delayed"
+    TENSORWISE = "tensorwise"
+    BLOCKWISE = "blockwise"
+    MXFP8 = "mxfp8"
+
+
+class Fp8AmaxAlgo(Enum):
+    MAX = "max"
+    MOST_RECENT = "most_recent"
+
+
+class Backend(Enum):
+    AUTO = "auto"
+    NCCL = "nccl"
+    GLOO = "gloo"
+
+
+class DataLayout(Enum):
+    PACKED = "packed"
+    PADDED = "padded"
+
+
+class Stage(Enum):
+    PRETRAIN = "pretrain"
+    SFT = "sft"
+
+
+class Precision(Enum):
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
+class NanPolicy(Enum):
+    SKIP = "skip"
+    STOP = "stop"
+
+
+class WandbMode(Enum):
+    DISABLED = "disabled"
+    OFFLINE = "offline"
+    ONLINE = "online"
+
+
+def values(enum: type[Enum]) -> tuple[str, ...]:
+    """The string values of ``enum``, in declaration order."""
+    return tuple(member.value for member in enum)
+
+
+def one_of(enum: type[Enum], default: str | None, *, optional: bool = False) -> Any:
+    """A string field whose value must be one of ``enum``'s (or null when ``optional``)."""
+    allowed = ((None,) if optional else ()) + values(enum)
+    if default not in allowed:
+        raise ValueError(f"default {default!r} is not one of {list(allowed)}")
+    return field(default=default, metadata={"choices": allowed})
+
+
+def choices_of(section: type) -> dict[str, tuple[str | None, ...]]:
+    """``{field name: allowed values}`` of the :func:`one_of` fields of a config dataclass."""
+    return {f.name: f.metadata["choices"] for f in fields(section) if "choices" in f.metadata}
 
 
 @dataclass
@@ -30,14 +119,20 @@ class ModelConfig:
     init_method_std: float = 0.02  # std of the normal weight initialisation
     reward_token_id: int | None = None  # token whose hidden state is scored; null: from the data
     split_token_id: int | None = None  # token between reference and candidate; null: from the data
-    transformer_impl: str = "auto"  # auto | transformer_engine | local (auto: TE when it imports)
-    recompute_granularity: str | None = None  # null | selective | full
-    recompute_method: str | None = None  # uniform | block (with full recomputation)
+    transformer_impl: str = one_of(
+        TransformerImpl, "auto"
+    )  # auto | transformer_engine | local (auto: TE when it imports)
+    recompute_granularity: str | None = one_of(
+        RecomputeGranularity, None, optional=True
+    )  # null | selective | full
+    recompute_method: str | None = one_of(
+        RecomputeMethod, None, optional=True
+    )  # uniform | block (with full recomputation)
     recompute_num_layers: int | None = None  # layers per recompute chunk (full recomputation)
-    fp8: str | None = None  # null | e4m3 | hybrid (Transformer Engine only)
-    fp8_recipe: str = "delayed"  # delayed | tensorwise | blockwise | mxfp8
+    fp8: str | None = one_of(Fp8Format, None, optional=True)  # null | e4m3 | hybrid (Transformer Engine only)
+    fp8_recipe: str = one_of(Fp8Recipe, "delayed")  # delayed | tensorwise | blockwise | mxfp8
     fp8_amax_history_len: int = 1024  # amax history window for delayed scaling
-    fp8_amax_compute_algo: str = "max"  # max | most_recent
+    fp8_amax_compute_algo: str = one_of(Fp8AmaxAlgo, "max")  # max | most_recent
     fp8_margin: int = 0  # scaling-factor margin
     base_model_tokens: float | None = None  # tokens the base LLM saw (Dp), for "auto" lr/batch
 
@@ -53,7 +148,7 @@ class ParallelConfig:
     use_distributed_optimizer: bool = True  # shard optimizer state across data-parallel ranks
     overlap_grad_reduce: bool = True  # overlap the gradient reduce-scatter with backward
     overlap_param_gather: bool = False  # overlap the parameter all-gather with forward
-    backend: str = "auto"  # auto | nccl | gloo (auto: nccl with GPUs, gloo on CPU)
+    backend: str = one_of(Backend, "auto")  # auto | nccl | gloo (auto: nccl with GPUs, gloo on CPU)
     distributed_timeout_minutes: int = 10  # collective timeout before a hang is reported
 
 
@@ -73,7 +168,8 @@ class DataConfig:
     valid: list[DatasetSpec] = field(default_factory=list)  # validation datasets (e.g. held-out policies)
     valid_fraction: float = 0.0  # carve validation pairs off the training data when `valid` is empty
     seq_length: int = 1024  # tokens per row (packed) or longest sequence (padded)
-    layout: str = "packed"  # packed: many pairs per row, no cross-attention | padded: one sequence per row
+    # packed: many pairs per row, no cross-attention | padded: one sequence per row
+    layout: str = one_of(DataLayout, "packed")
     pack_window: int = 65536  # pairs packed together (rows never mix windows; larger packs tighter)
     seed: int = 1234  # shuffle and packing seed
     plan_dir: str | None = None  # shared epoch plans (order + packing), built once; null: <run_dir>/plans
@@ -98,15 +194,15 @@ class OptimConfig:
 class TrainConfig:
     """Schedule, precision and failure policy of one stage."""
 
-    stage: str = "pretrain"  # pretrain | sft (sets defaults only; both use the same loss)
+    stage: str = one_of(Stage, "pretrain")  # pretrain | sft (sets defaults only; both use the same loss)
     global_batch_size: Any = 16  # pairs (padded) or rows (packed) per step, or "auto"
     micro_batch_size: int = 1  # pairs (padded) or rows (packed) per forward pass
     train_iters: int | None = None  # optimizer steps; null: one epoch over the training data
     eval_interval: int = 100  # steps between validations (0: only at the end)
     eval_iters: int | None = None  # validation batches; null: the whole validation set
-    precision: str = "bf16"  # bf16 | fp16 | fp32
+    precision: str = one_of(Precision, "bf16")  # bf16 | fp16 | fp32
     seed: int = 1234  # model initialisation seed
-    nan_policy: str = "skip"  # skip: drop the step's update | stop: save nothing and exit
+    nan_policy: str = one_of(NanPolicy, "skip")  # skip: drop the step's update | stop: save nothing and exit
     exit_after_iters: int | None = None  # stop cleanly (with a save) after this many steps
     deterministic: bool = False  # bitwise-reproducible kernels where available
     rm_tokens: float | None = None  # RM training tokens (Drm), input of the "auto" scaling laws
@@ -131,7 +227,7 @@ class LoggingConfig:
     run_dir: str = "runs/default"  # metrics.jsonl, tensorboard/ and checkpoints/ live here
     log_interval: int = 10  # steps between log lines
     tensorboard: bool = True
-    wandb_mode: str = "disabled"  # disabled | offline | online
+    wandb_mode: str = one_of(WandbMode, "disabled")  # disabled | offline | online
     wandb_project: str = "megatron_polar"
     wandb_name: str | None = None
     level: str = "INFO"

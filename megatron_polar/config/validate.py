@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from megatron_polar.config.loader import ConfigError
-from megatron_polar.config.schema import PolarConfig
+from dataclasses import fields, is_dataclass
 
-_CHOICES = {
-    "model.transformer_impl": ("auto", "transformer_engine", "local"),
-    "model.recompute_granularity": (None, "selective", "full"),
-    "model.recompute_method": (None, "uniform", "block"),
-    "model.fp8": (None, "e4m3", "hybrid"),
-    "model.fp8_recipe": ("delayed", "tensorwise", "blockwise", "mxfp8"),
-    "model.fp8_amax_compute_algo": ("max", "most_recent"),
-    "parallel.backend": ("auto", "nccl", "gloo"),
-    "data.layout": ("packed", "padded"),
-    "train.stage": ("pretrain", "sft"),
-    "train.precision": ("bf16", "fp16", "fp32"),
-    "train.nan_policy": ("skip", "stop"),
-    "logging.wandb_mode": ("disabled", "offline", "online"),
-}
+from megatron_polar.config.schema import PolarConfig, choices_of
+from megatron_polar.utils.errors import ConfigError
+
+
+def _choices(cfg: PolarConfig) -> dict[str, tuple[str | None, ...]]:
+    """``{"section.field": allowed values}`` from the schema's enums (:func:`one_of`), in schema order."""
+    out: dict[str, tuple[str | None, ...]] = {}
+    for section in fields(cfg):
+        value = getattr(cfg, section.name)
+        if is_dataclass(value):
+            for name, allowed in choices_of(type(value)).items():
+                out[f"{section.name}.{name}"] = allowed
+    return out
 
 
 def _get(cfg: PolarConfig, dotted: str):
@@ -140,7 +138,7 @@ def validate_fp8_hardware(cfg: PolarConfig, capability: tuple[int, int]) -> None
 
 def validate(cfg: PolarConfig) -> None:
     """Raise :class:`ConfigError` naming the key of the first problem found."""
-    for key, choices in _CHOICES.items():
+    for key, choices in _choices(cfg).items():
         value = _get(cfg, key)
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not one of {list(choices)}")

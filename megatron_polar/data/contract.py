@@ -25,16 +25,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megatron_polar.utils.errors import DatasetError
+
 FORMAT_NAME = "polar-pairs"
 # 2: whole-string ids of the released algorithm (1 joined per-segment ids, and is refused: rebuild).
 FORMAT_VERSION = 2
 SEQUENCES_PER_PAIR = 2
 CHOSEN, REJECTED = 0, 1  # sequence index within a pair document
 _SAMPLED_CHECKS = 16  # pairs whose last tokens are checked on open
-
-
-class DatasetError(ValueError):
-    """A built dataset is missing, incomplete, corrupt or of another format version."""
 
 
 def manifest_path(prefix: str) -> str:

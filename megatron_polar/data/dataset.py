@@ -22,7 +22,6 @@ from hashlib import sha256
 
 import numpy as np
 
-from megatron_polar.config.loader import ConfigError
 from megatron_polar.config.schema import DataConfig, DatasetSpec
 from megatron_polar.data.batch import RewardBatch
 from megatron_polar.data.batching import collate_packed, collate_padded
@@ -30,6 +29,7 @@ from megatron_polar.data.contract import PairDataset, bin_path, idx_path, manife
 from megatron_polar.data.epoch_plan import EpochPlan, compute_epoch_plan
 from megatron_polar.data.packing import DEFAULT_WINDOW
 from megatron_polar.data.plan_store import PlanStore
+from megatron_polar.utils.errors import ConfigError
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)

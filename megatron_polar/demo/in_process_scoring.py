@@ -15,11 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForSequenceClassification
 
 from megatron_polar.config import from_yaml
 from megatron_polar.data.tokenizer import load_tokenizer
 from megatron_polar.model.standalone import build_single, single_process_config
-from megatron_polar.scoring.preference_accuracy import evaluate_preferences, parse_ranked_row
+from megatron_polar.scoring.preference_accuracy import evaluate_preferences
 from megatron_polar.scoring.requests import ScoreRequest
 from megatron_polar.scoring.scorer import PolarScorer
 from megatron_polar.utils.logging import get_logger
@@ -69,9 +70,8 @@ def untrained_accuracy(run_dir: Path, tokenizer: str, rows: list[dict]) -> dict:
     cfg = single_process_config(from_yaml((Path(run_dir) / "config.yaml").read_text()), "fp32")
     model = build_single(cfg, device="cpu").eval()
     scorer = PolarScorer(model, tokenizer=_tokenizer(tokenizer), explicit_mask=True, name="untrained")
-    report = evaluate_preferences(scorer, rows)
-    raw = scorer.score_requests([_request(r) for r in rows], normalize=False)
-    margins = [second.reward - third.reward for second, third in raw]
+    margins: list[float] = []
+    report = evaluate_preferences(scorer, rows, margins=margins)
     ties = sum(m == 0 for m in margins)
     wins = sum(m > 0 for m in margins)
     report["ties"] = ties
@@ -90,19 +90,12 @@ def _tokenizer(path: str):
     return load_tokenizer(path)
 
 
-def _request(row: dict):
-    return parse_ranked_row(row)[0]
-
-
 def score_examples(checkpoint: str, tokenizer: str, export_dir: Path) -> list[dict]:
     """Score :data:`EXAMPLES` with the scoring API and with the HF export; one dict per candidate.
 
     The HF model gets the very token ids the scorer built (the released string, reward token last),
     so the two columns differ only by the model implementation.
     """
-    # transformers is an optional dependency (the ``dev`` extra): only this comparison needs it.
-    from transformers import AutoModelForSequenceClassification
-
     scorer = PolarScorer.from_checkpoint(checkpoint, tokenizer=tokenizer, device="cpu")
     hf = AutoModelForSequenceClassification.from_pretrained(export_dir, torch_dtype=torch.float32).eval()
     out = []

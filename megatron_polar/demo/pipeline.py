@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from megatron_polar.demo import counting, policies
+from megatron_polar.checkpoint import manager
+from megatron_polar.data.tokenizer import train_sentencepiece
+from megatron_polar.demo import counting, in_process_scoring, policies
 from megatron_polar.demo.stages import (
     DemoPaths,
     DemoSizes,
@@ -83,8 +85,6 @@ def _build_args(src: Path, prefix: Path, tok: Path) -> list[str]:
 
 def stage_data(p: DemoPaths, s: DemoSizes) -> dict:
     """Tokenizer, then pre-training triples and fine-tuning triples, then the four indexed datasets."""
-    from megatron_polar.data.tokenizer import train_sentencepiece
-
     p.data.mkdir(parents=True, exist_ok=True)
     tok = train_sentencepiece(list(_tokenizer_corpus(p)), p.data / "tokenizer", vocab_size=s.vocab_size)
     logs = p.data / "logs"
@@ -170,8 +170,6 @@ def _train_overrides(
 
 
 def _final_checkpoint(run_dir: Path) -> str:
-    from megatron_polar.checkpoint import manager
-
     latest = manager.latest_complete(run_dir / "checkpoints")
     if latest is None:
         raise RuntimeError(f"no complete checkpoint under {run_dir / 'checkpoints'}")
@@ -228,9 +226,6 @@ def holdout_ranked_rows(p: DemoPaths, limit: int | None = None) -> list[dict]:
 
 def stage_evaluate(p: DemoPaths, s: DemoSizes) -> dict:
     """Accuracies before/after each training stage, the HF export and the example scores."""
-    # Imported here: it loads torch and megatron-core, which the other stages' orchestration never needs.
-    from megatron_polar.demo import in_process_scoring
-
     p.eval.mkdir(parents=True, exist_ok=True)
     tok = read_done(p.data)["tokenizer"]
     pre_ckpt, sft_ckpt = read_done(p.pretrain_run)["checkpoint"], read_done(p.sft_run)["checkpoint"]

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megatron_polar.utils.io import atomic_open
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -193,13 +194,11 @@ def reset(stage_dir: Path) -> None:
 def write_jsonl(path: Path, rows) -> int:
     """Write rows atomically; return how many."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
-    tmp.replace(path)
     return n
 
 

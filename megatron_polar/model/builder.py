@@ -16,13 +16,13 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
 
-from megatron_polar.config.loader import ConfigError
 from megatron_polar.config.schema import PolarConfig
 from megatron_polar.config.to_mcore import transformer_config
 from megatron_polar.model.reward_model import PolarRewardModel, stage_flags
 from megatron_polar.model.sdpa_attention import SdpaAttention
 from megatron_polar.model.shared_prefix_attention import SharedPrefixSdpaAttention, te_shared_prefix_attention
 from megatron_polar.parallel import cpu_backend
+from megatron_polar.utils.errors import ConfigError
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)

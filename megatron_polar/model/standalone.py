@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import torch
 
-from megatron_polar.config.schema import ParallelConfig, PolarConfig
+from megatron_polar.config.schema import ParallelConfig, PolarConfig, TransformerImpl, values
 from megatron_polar.model.builder import build_model_chunks
 from megatron_polar.model.reward_model import PolarRewardModel
 from megatron_polar.parallel import topology
@@ -55,7 +55,7 @@ def with_transformer_impl(cfg: PolarConfig, impl: str | None) -> PolarConfig:
     """
     if impl is None:
         return cfg
-    if impl not in ("auto", "transformer_engine", "local"):
+    if impl not in values(TransformerImpl):
         raise ValueError(f"transformer_impl must be auto, transformer_engine or local, got {impl!r}")
     fp8 = None if impl == "local" else cfg.model.fp8
     return replace(cfg, model=replace(cfg.model, transformer_impl=impl, fp8=fp8))

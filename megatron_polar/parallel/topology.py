@@ -1,7 +1,8 @@
-"""The one place that talks to ``torch.distributed`` and megatron-core's ``parallel_state`` set-up.
+"""Sets up and tears down ``torch.distributed`` and megatron-core's ``parallel_state``.
 
-Everything else asks :class:`Topology` which rank it is, which pipeline stage it holds, and which
-groups to use.
+This module and :mod:`megatron_polar.parallel.comm` (ranks, stage flags and collectives for the layers
+above) are the only modules that import either; ``tests/test_import_contract.py`` enforces it and lists
+the few exceptions. Entry points ask :class:`Topology` which rank they are and which stage they hold.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core import tensor_parallel
 
-from megatron_polar.config.loader import ConfigError
 from megatron_polar.config.schema import ParallelConfig
 from megatron_polar.parallel import cpu_backend
+from megatron_polar.utils.errors import ConfigError
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)

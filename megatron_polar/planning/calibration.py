@@ -33,13 +33,10 @@ from dataclasses import dataclass, fields
 
 from megatron_polar.config.schema import ModelConfig
 from megatron_polar.planning.performance import GpuSpec, Layout, fit_scale, predict_step
+from megatron_polar.utils.errors import CalibrationError
 
 FORMAT = "polar-step/1"
 _MODEL_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size")
-
-
-class CalibrationError(ValueError):
-    """A calibration file that cannot be used; the message names the file and the field."""
 
 
 @dataclass(frozen=True)

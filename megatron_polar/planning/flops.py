@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from megatron_polar.config.schema import ModelConfig
+from megatron_polar.planning.params import count_parameters
+
 H800_PEAK_BF16_TFLOPS = 989.0  # dense BF16, the same as H100 SXM
 
 # The paper's pre-training runs (appendix A.1.2): preset -> (GPUs, tokens, hours).
@@ -63,6 +66,21 @@ def estimate_flops(
     """FLOPs of one trained token of a model with ``matmul_params`` weights in matrix multiplies."""
     attention = 12.0 * num_layers * hidden_size * attn_length * (0.5 if causal else 1.0)
     return FlopsEstimate(6.0 * matmul_params, attention, 1.0 + recomputed_fraction / 3.0, tokens_per_step)
+
+
+def model_flops(m: ModelConfig, real_tokens: int, sum_sq_lengths: int) -> float:
+    """Forward+backward model FLOPs of a measured step: ``real_tokens`` tokens in sequences whose
+    squared lengths sum to ``sum_sq_lengths`` (the trainer's MFU).
+
+    The per-token terms of :func:`estimate_flops` summed over the step's own sequences: dense
+    ``6 * l * (linear weights per layer)`` per token (the reward head's ``h`` weights are left out here),
+    and causal attention ``12 * l * h * L / 2`` per token of a length-``L`` sequence, which sums to
+    ``6 * l * h * sum(L^2)``. Padding is not counted: these are *model* FLOPs.
+    """
+    per_layer = count_parameters(m).layer_linear
+    dense = 6.0 * m.num_layers * per_layer * real_tokens
+    attention = 6.0 * m.num_layers * m.hidden_size * sum_sq_lengths
+    return dense + attention
 
 
 def projected_seconds(

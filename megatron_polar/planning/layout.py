@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from megatron_polar.config.loader import ConfigError
 from megatron_polar.config.schema import PolarConfig
 from megatron_polar.config.validate import validate_model
 from megatron_polar.planning.flops import (
@@ -29,6 +28,7 @@ from megatron_polar.planning.memory import (
     stage_activation_bytes,
 )
 from megatron_polar.planning.params import ParamCounts, StageParams, count_parameters, stage_parameters
+from megatron_polar.utils.errors import ConfigError
 
 # A POLAR sequence is prompt + reference + candidate, each trajectory capped at 4096 tokens; with
 # variable-length attention over packed rows a token attends within its own sequence only.

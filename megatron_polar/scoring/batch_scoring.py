@@ -20,6 +20,7 @@ from typing import Any
 from megatron_polar.scoring.jsonl import BadRowError, count_lines, iter_jsonl
 from megatron_polar.scoring.requests import RequestError, ScoreRequest, parse_row
 from megatron_polar.scoring.scorer import PolarScorer
+from megatron_polar.utils.io import write_json_atomic
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -52,12 +53,6 @@ def _load_progress(progress: Path, signature: dict) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
     return state if state.get("signature") == signature else None
-
-
-def _save_progress(progress: Path, state: dict) -> None:
-    tmp = progress.with_name(progress.name + ".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, progress)
 
 
 def score_file(
@@ -102,7 +97,7 @@ def score_file(
             out.flush()
             os.fsync(out.fileno())
             state.update(lines=last_line, bytes=out.tell(), rows=stats.rows, skipped=stats.skipped)
-            _save_progress(progress_file, state)
+            write_json_atomic(progress_file, state, indent=None, newline=False)
             if bar is not None:
                 bar.update(last_line - bar.n)
             chunk.clear()

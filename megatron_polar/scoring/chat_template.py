@@ -29,6 +29,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from megatron_polar.utils.errors import ChatTemplateError
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -88,10 +89,6 @@ _TOKEN = "\ue003"
 _WILDCARDS = {_DATE: "[^\n]*?", _TOKEN: r"(?:<[^<>\s]{1,64}>|\[[^\[\]\s]{1,64}\])?"}
 _WILDCARD_RE = re.compile("([\ue002\ue003])")
 _MAX_TURNS = 64
-
-
-class ChatTemplateError(ValueError):
-    """A chat template that cannot be loaded or learned; the message names the file or field."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ import argparse
 import torch
 
 from megatron_polar.checkpoint.model_loading import is_hf_directory
-from megatron_polar.data.tokenizer import load_tokenizer
+from megatron_polar.config.schema import Precision, TransformerImpl, values
+from megatron_polar.data.tokenizer import DEFAULT_REWARD_TOKEN, DEFAULT_SPLIT_TOKEN, load_tokenizer
 from megatron_polar.scoring.scorer import PolarScorer
 from megatron_polar.utils.logging import setup_logging
 
@@ -25,14 +26,14 @@ def add_scorer_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="sentencepiece .model, tokenizer.json, or a dir (default for an HF directory: its own)",
     )
-    g.add_argument("--split-token", default="<|reward|>", help="split token name (default: %(default)s)")
     g.add_argument(
-        "--reward-token", default="[UNUSED_TOKEN_130]", help="reward token name (default: %(default)s)"
+        "--split-token", default=DEFAULT_SPLIT_TOKEN, help="split token name (default: %(default)s)"
+    )
+    g.add_argument(
+        "--reward-token", default=DEFAULT_REWARD_TOKEN, help="reward token name (default: %(default)s)"
     )
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    g.add_argument(
-        "--precision", default=None, choices=("fp32", "bf16", "fp16"), help="default: bf16 GPU, fp32 CPU"
-    )
+    g.add_argument("--precision", default=None, choices=values(Precision), help="default: bf16 GPU, fp32 CPU")
     g.add_argument(
         "--batch-tokens", type=int, default=16384, help="token budget per micro-batch (rows x length)"
     )
@@ -42,7 +43,7 @@ def add_scorer_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--transformer-impl",
         default=None,
-        choices=("auto", "local", "transformer_engine"),
+        choices=values(TransformerImpl),
         help="layer spec (default: the checkpoint's, auto for an HF directory); local takes shared-prefix "
         "rows on a GPU too",
     )

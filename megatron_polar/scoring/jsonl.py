@@ -1,43 +1,12 @@
-"""JSONL reading with file:line errors, and atomic writes for the scoring tools."""
+"""The scoring tools' names for JSONL reading and atomic JSON output, kept importable from here.
+
+The reader is :mod:`megatron_polar.utils.jsonl` (shared with ``data_tools``), the writer
+:mod:`megatron_polar.utils.io`, the error :mod:`megatron_polar.utils.errors`.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-
-
-class BadRowError(ValueError):
-    """A row that cannot be used; the message starts with ``file:line:``."""
-
-
-def iter_jsonl(path: str | os.PathLike, start_line: int = 0) -> Iterator[tuple[int, Any, str | None]]:
-    """Yield ``(line_number, object, error)`` for each non-blank line after ``start_line``.
-
-    ``error`` is None for a parsed line, else the parse error (``object`` is then None); line numbers
-    start at 1.
-    """
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if lineno <= start_line or not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line), None
-            except json.JSONDecodeError as exc:
-                yield lineno, None, f"invalid JSON ({exc})"
-
-
-def count_lines(path: str | os.PathLike) -> int:
-    """Number of lines of a file (for progress totals)."""
-    with open(path, "rb") as f:
-        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+from megatron_polar.utils.errors import BadRowError as BadRowError
+from megatron_polar.utils.io import write_json_atomic as write_json_atomic
+from megatron_polar.utils.jsonl import count_lines as count_lines
+from megatron_polar.utils.jsonl import iter_jsonl as iter_jsonl

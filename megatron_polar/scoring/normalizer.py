@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from megatron_polar.utils.io import write_json_atomic
+
 FORMAT_VERSION = 1
 
 
@@ -48,10 +50,7 @@ class RewardNormalizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the normaliser as JSON (atomically)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"version": FORMAT_VERSION, **asdict(self)}, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json_atomic(path, {"version": FORMAT_VERSION, **asdict(self)})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RewardNormalizer:

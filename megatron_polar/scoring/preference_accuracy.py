@@ -44,14 +44,18 @@ def _accuracy(correct: int, n: int) -> dict:
     return {"n": n, "correct": correct, "accuracy": correct / n if n else float("nan")}
 
 
-def evaluate_preferences(scorer: PolarScorer, rows: Iterable[Any], chunk_rows: int = 256) -> dict:
+def evaluate_preferences(
+    scorer: PolarScorer, rows: Iterable[Any], chunk_rows: int = 256, margins: list[float] | None = None
+) -> dict:
     """Per-category and overall accuracy of ``scorer`` on ranked ``rows`` (see the module docstring).
 
     Rows may be dicts (validated with :func:`parse_ranked_row`) or ``(ScoreRequest, category)`` tuples.
     Returns ``{"overall": {n, correct, accuracy}, "categories": {name: {...}}, "margins": {...}}``.
+    ``margins``, when given, receives each row's ``score(2nd) - score(3rd)`` in row order (so a caller
+    that needs them, such as the demo's tie count, neither parses nor scores the rows a second time).
     """
     counts: dict[str, list[int]] = {}
-    margins: list[float] = []
+    margins = [] if margins is None else margins
     chunk: list[tuple[ScoreRequest, str]] = []
 
     def run() -> None:

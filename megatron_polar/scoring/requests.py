@@ -11,16 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from megatron_polar.data.format import flatten_messages
+from megatron_polar.utils.errors import RequestError
 
 Text = str | list[dict]  # a plain string or a list of {"role", "content"} messages (flattened)
-
-
-class RequestError(ValueError):
-    """A request that cannot be scored; the message names the offending field."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass

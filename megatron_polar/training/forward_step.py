@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-import torch.distributed as dist
-from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_polar.data.batch import RewardBatch
+from megatron_polar.parallel import comm
 from megatron_polar.training.loss import METRIC_NAMES, means, pair_loss
 
 
@@ -72,10 +71,8 @@ def forward_backward(
         rewards.append(report["rewards"].cpu())
     # Sums live on the last pipeline stage: share them with every rank, then over data parallelism.
     sums = sums.to(device)
-    if ps.get_pipeline_model_parallel_world_size() > 1:
-        last = ps.get_pipeline_model_parallel_last_rank()
-        dist.broadcast(sums, src=last, group=ps.get_pipeline_model_parallel_group())
-    dist.all_reduce(sums, group=ps.get_data_parallel_group())
+    comm.share_from_last_stage(sums)
+    comm.sum_over_data_parallel(sums)
     sums = sums.cpu()
     pairs = float(sums[-1])
     finite = bool(torch.isfinite(sums).all())

@@ -10,9 +10,9 @@ import math
 from dataclasses import replace
 
 from megatron_polar.config.hparams import require_law_inputs, scaling_law_batch_size, scaling_law_lr
-from megatron_polar.config.loader import ConfigError
 from megatron_polar.config.schema import PolarConfig
 from megatron_polar.model.builder import count_parameters
+from megatron_polar.utils.errors import ConfigError
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)

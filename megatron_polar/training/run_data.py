@@ -11,13 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
-
-from megatron_polar.config.loader import ConfigError
 from megatron_polar.config.schema import PolarConfig
 from megatron_polar.data.dataset import PairBatches, PoolRecipe, check_tokenizers, open_datasets, pool_recipes
 from megatron_polar.data.plan_store import PlanStore
+from megatron_polar.parallel import comm
 from megatron_polar.parallel.topology import Topology
+from megatron_polar.utils.errors import ConfigError
 
 
 def open_pools(cfg: PolarConfig) -> tuple[PoolRecipe, PoolRecipe | None, dict]:
@@ -49,7 +48,7 @@ def batch_options(cfg: PolarConfig, topo: Topology, use_te: bool) -> dict[str, A
         store=PlanStore(
             cfg.data.plan_dir or Path(cfg.logging.run_dir) / "plans",
             is_writer=topo.rank == 0,
-            barrier=dist.barrier,
+            barrier=comm.barrier,
         ),
     )
 

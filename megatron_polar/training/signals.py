@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import signal
 
-import torch
-import torch.distributed as dist
-
+from megatron_polar.parallel import comm
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -35,12 +33,7 @@ class ExitSignal:
 
     def should_exit(self) -> bool:
         """True on every rank if any rank received a signal (one all-reduce per step)."""
-        flag = torch.tensor([1 if self.received is not None else 0], dtype=torch.int32)
-        if dist.is_initialized():
-            if dist.get_backend() == "nccl":
-                flag = flag.cuda()
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return comm.any_rank(self.received is not None)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

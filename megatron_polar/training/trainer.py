@@ -13,7 +13,6 @@ from megatron.core import parallel_state as ps
 
 from megatron_polar.checkpoint import manager
 from megatron_polar.config import from_yaml, to_yaml
-from megatron_polar.config.loader import ConfigError
 from megatron_polar.config.model_shape import WEIGHT_KEYS, model_differences
 from megatron_polar.config.schema import PolarConfig
 from megatron_polar.config.validate import validate_fp8_hardware
@@ -21,14 +20,16 @@ from megatron_polar.data.dataset import PairBatches
 from megatron_polar.data.prefetch import BatchPrefetcher
 from megatron_polar.model.builder import build_model_chunks, resolve_use_te
 from megatron_polar.parallel import topology
+from megatron_polar.planning.flops import model_flops
 from megatron_polar.training.forward_step import forward_backward
 from megatron_polar.training.optim import build_scheduler, current_lr, guarded_step
 from megatron_polar.training.resolve import resolve_hparams, resolve_tokens, with_hparams
 from megatron_polar.training.run_data import batch_options, build_valid_batches, open_pools
 from megatron_polar.training.setup import apply_determinism_env, build_optimizer, force_param_sync, wrap_ddp
 from megatron_polar.training.signals import ExitSignal
+from megatron_polar.utils.errors import ConfigError
 from megatron_polar.utils.logging import get_logger
-from megatron_polar.utils.metrics import MetricsWriter, model_flops
+from megatron_polar.utils.metrics import MetricsWriter
 
 log = get_logger(__name__)
 

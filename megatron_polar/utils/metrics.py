@@ -1,4 +1,4 @@
-"""Training metrics: model FLOPs, throughput, and the writers (console, metrics.jsonl, TensorBoard, wandb)."""
+"""Training metric writers: console, metrics.jsonl, TensorBoard, wandb (model FLOPs: planning/flops.py)."""
 
 from __future__ import annotations
 
@@ -6,25 +6,10 @@ import json
 import os
 from pathlib import Path
 
-from megatron_polar.config.schema import ModelConfig
+from megatron_polar.utils.io import write_text_atomic
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-
-def model_flops(m: ModelConfig, real_tokens: int, sum_sq_lengths: int) -> float:
-    """Forward+backward FLOPs of the reward model on ``real_tokens`` tokens.
-
-    Dense matmuls cost 6 FLOPs per non-embedding parameter per token (2 forward, 4 backward). Causal
-    attention adds ``QK^T`` and ``AV``: 2 x 2 x h x L^2 / 2 forward FLOPs per layer for a sequence of
-    length L, times 3 for the backward. Padding is not counted: these are *model* FLOPs.
-    """
-    head_dim = m.hidden_size // m.num_attention_heads
-    qkv = m.hidden_size * (m.num_attention_heads + 2 * m.num_query_groups) * head_dim
-    per_layer = qkv + m.hidden_size * m.hidden_size + 3 * m.hidden_size * m.ffn_hidden_size
-    dense = 6.0 * m.num_layers * per_layer * real_tokens
-    attention = 6.0 * m.num_layers * m.hidden_size * sum_sq_lengths
-    return dense + attention
 
 
 class MetricsWriter:
@@ -84,9 +69,7 @@ class MetricsWriter:
                     kept.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a crash
-        tmp = self._jsonl_path.with_suffix(".tmp")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        os.replace(tmp, self._jsonl_path)
+        write_text_atomic(self._jsonl_path, "".join(k + "\n" for k in kept))
 
     def log(self, step: int, metrics: dict, prefix: str = "train") -> None:
         if not self.enabled:

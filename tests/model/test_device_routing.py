@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_polar.config.loader import ConfigError
 from megatron_polar.parallel.topology import plan_device
+from megatron_polar.utils.errors import ConfigError
 from tests.distributed.launcher import run_distributed
 
 

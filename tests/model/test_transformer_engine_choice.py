@@ -12,7 +12,6 @@ import sys
 import pytest
 
 from megatron_polar.config import load_config
-from megatron_polar.config.loader import ConfigError
 from megatron_polar.model import builder
 from megatron_polar.model.builder import (
     TransformerEngineProbe,
@@ -20,6 +19,7 @@ from megatron_polar.model.builder import (
     probe_transformer_engine,
     resolve_use_te,
 )
+from megatron_polar.utils.errors import ConfigError
 
 BROKEN = TransformerEngineProbe(
     error="ImportError: transformer_engine_torch.so: undefined symbol: _ZN3c104cuda9SetDeviceEi"
