@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from data_tools.__main__ import main
-from tests.data_tools.dt_helpers import make_triples, words, write_jsonl
+from tests.support.text_data import make_triples, words, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "launch" / "build_data.sh"

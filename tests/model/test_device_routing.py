@@ -11,7 +11,7 @@ import pytest
 
 from megatron_polar.config.loader import ConfigError
 from megatron_polar.parallel.topology import plan_device
-from tests.distributed.launcher import run_distributed
+from tests.support.launcher import run_distributed
 
 
 def test_gloo_on_a_gpu_host_runs_on_the_cpu_and_hides_the_gpu():

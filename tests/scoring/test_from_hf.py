@@ -10,7 +10,7 @@ import torch
 
 from megatron_polar.checkpoint.hf_convert import export_hf
 from megatron_polar.scoring.scorer import PolarScorer, is_hf_directory
-from tests.scoring.helpers import random_text
+from tests.support.scoring import random_text
 
 ATOL = 1e-5  # fp32
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from megatron_polar.scoring.server import build_server
-from tests.scoring.client import get, openrlhf_get_reward, post
-from tests.scoring.helpers import random_text
+from tests.support.http_client import get, openrlhf_get_reward, post
+from tests.support.scoring import random_text
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from megatron_polar.checkpoint.hf_convert import export_hf, import_hf
 from megatron_polar.data.batching import collate_padded
 from megatron_polar.model.standalone import load_checkpoint_model
-from tests.convert import hf_fixtures as fx
+from tests.support import hf_fixtures as fx
 
 SEQ = 32
 
