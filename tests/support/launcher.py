@@ -41,7 +41,7 @@ PRELOAD = [
 _context = None
 
 
-def _rank_context():
+def process_context():
     """The multiprocessing context ranks start from: a preloaded forkserver on CPU, spawn with a GPU."""
     global _context
     if _context is None:
@@ -97,7 +97,7 @@ def _entry(
 
 def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 300) -> list[Any]:
     """Call ``fn(*args)`` on ``world_size`` spawned ranks; return each rank's result in rank order."""
-    ctx = _rank_context()
+    ctx = process_context()
     with tempfile.TemporaryDirectory() as outdir:
         port = free_port()
         procs = [
