@@ -71,6 +71,7 @@ def _rank(root, rank, barrier, out):
     out.put((rank, store.built, _digest(data)))
 
 
+@pytest.mark.distributed
 def test_one_writer_two_ranks_read_the_plan_a_single_process_computes(tmp_path):
     # Not a fork of pytest: its process holds torch's thread pools, and a forked child can deadlock on a
     # lock another thread held (seen: both ranks stuck in futex_wait, and the run hung at exit joining
@@ -162,6 +163,7 @@ def _write_then_die(root, monkey_file):
     _batches(_recipe(_tables()), PlanStore(root))
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("dies_after", ["pair_ids.npy", "row_offsets.npy"])
 def test_killed_write_leaves_nothing_that_looks_complete(tmp_path, dies_after):
     proc = process_context().Process(target=_write_then_die, args=(tmp_path, dies_after), daemon=True)

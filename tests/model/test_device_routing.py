@@ -55,6 +55,7 @@ def build_on_pretend_gpu_host() -> dict:
     }
 
 
+@pytest.mark.distributed
 def test_cpu_tool_starts_on_a_gpu_host():
     [res] = run_distributed(build_on_pretend_gpu_host, 1, timeout=300)
     assert res == {"device": "cpu", "cpu_backend": True, "cuda_reported": False}

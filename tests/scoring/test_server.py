@@ -216,6 +216,7 @@ def test_graceful_stop_finishes_in_flight_requests(scorer):
     assert out == [200, 200, 200]
 
 
+@pytest.mark.slow
 def test_serve_cli_exits_zero_on_sigterm(checkpoint_path, tokenizer_path):
     args = [
         "--model",
