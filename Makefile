@@ -13,7 +13,7 @@ COMPAT_STAMP  := $(COMPAT_VENV)/.installed
 GPU_PYTHON ?= python
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-compat test-gpu gpu-smoke lint format demo bench clean
+.PHONY: help install test test-fast test-compat test-gpu gpu-smoke lint format demo bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ install: $(STAMP) ## Create .venv in the repo and install everything (pinned dev
 
 test: $(STAMP) ## Run the test suite (CPU, gloo; GPU-marked tests skip without a GPU)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## Unit tier only: no process spawning, CLI runs or demo (markers slow/distributed/gpu left out; < 2 min)
+	$(PY) -m pytest -m "not slow and not distributed and not gpu" $(PYTEST_ARGS)
 
 $(COMPAT_STAMP): requirements-compat.txt
 	@command -v $(COMPAT_PYTHON) >/dev/null || { echo "need Python 3.12 (set COMPAT_PYTHON=...)"; exit 1; }

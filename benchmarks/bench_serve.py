@@ -45,7 +45,7 @@ STARTUP_LIMIT_S = 60.0
 
 
 def _payloads(n: int, candidates: int, seed: int = 0) -> list[bytes]:
-    from tests.scoring.helpers import random_text
+    from tests.support.scoring import random_text
 
     rng = random.Random(seed)
     return [
@@ -178,7 +178,7 @@ def _phase(ckpt: str, tok: str, max_batch: int, payloads: list[bytes], threads: 
 
 def main() -> dict:
     """Run both phases and return the figures (also printed as JSON by ``__main__``)."""
-    from tests.scoring.helpers import make_checkpoint, make_tokenizer
+    from tests.support.scoring import make_checkpoint, make_tokenizer
 
     t0 = time.monotonic()
     shapes = {}

@@ -109,14 +109,14 @@ def check_launcher_env() -> dict:
 
 
 def _task(root: Path) -> dict:
-    from tests.training.synthetic import build_task
+    from tests.support.synthetic_task import build_task
 
     return build_task(root, n_train=128, n_valid=32)
 
 
 def _train(task: dict, run_dir: Path, steps: int, extra: list[str]) -> list[dict]:
-    from tests.distributed.launcher import run_distributed
-    from tests.training.runs import base_overrides, read_metrics, train_worker
+    from tests.support.launcher import run_distributed
+    from tests.support.training_runs import base_overrides, read_metrics, train_worker
 
     run_distributed(train_worker, 1, base_overrides(task, run_dir, steps, extra), timeout=400)
     return read_metrics(run_dir)
@@ -285,8 +285,8 @@ def check_shape_1b() -> dict:
 
 
 def check_local_to_te() -> dict:
-    from tests.distributed.launcher import run_distributed
     from tests.gpu.workers import local_checkpoint_into_te
+    from tests.support.launcher import run_distributed
 
     with tempfile.TemporaryDirectory() as tmp:
         [res] = run_distributed(local_checkpoint_into_te, 1, str(Path(tmp) / "ckpt"))

@@ -9,7 +9,7 @@ import pytest
 from megatron_polar.checkpoint.hf_fast_tokenizer import build_fast_tokenizer, read_sentencepiece_model
 from megatron_polar.checkpoint.hf_io import ConversionError
 from megatron_polar.data.tokenizer import train_sentencepiece
-from tests.convert import hf_fixtures as fx
+from tests.support import hf_fixtures as fx
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",

@@ -15,7 +15,7 @@ from megatron_polar.checkpoint.hf_layouts import (
     resolve_mcore_name,
     unpack_qkv,
 )
-from tests.convert.hf_fixtures import pack_wqkv_by_hand
+from tests.support.hf_fixtures import pack_wqkv_by_hand
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 from megatron_polar.checkpoint.hf_io import ConversionError
 from megatron_polar.checkpoint.hf_tokenizer import TokenVocab, added_tokens_of, resolve_token
 from megatron_polar.data.tokenizer import train_sentencepiece
-from tests.convert import hf_fixtures as fx
+from tests.support import hf_fixtures as fx
 
 
 @pytest.fixture

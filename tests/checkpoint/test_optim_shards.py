@@ -12,7 +12,7 @@ import torch
 
 from megatron_polar.checkpoint.optim_shards import flat_range_boxes
 from tests.checkpoint import optim_workers
-from tests.distributed.launcher import run_distributed
+from tests.support.launcher import run_distributed
 
 
 @pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4), (4, 1, 3), (1,), (6, 1)])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import threading
 
@@ -14,6 +13,7 @@ from megatron_polar.data import plan_store
 from megatron_polar.data.dataset import PairBatches, PoolRecipe, blend
 from megatron_polar.data.plan_store import PlanError, PlanStore, check_plan
 from megatron_polar.data.prefetch import BatchPrefetcher
+from tests.support.launcher import process_context
 
 
 class _LengthTable:
@@ -71,10 +71,12 @@ def _rank(root, rank, barrier, out):
     out.put((rank, store.built, _digest(data)))
 
 
+@pytest.mark.distributed
 def test_one_writer_two_ranks_read_the_plan_a_single_process_computes(tmp_path):
-    # spawn, not fork: pytest's process holds torch's thread pools, and a forked child can deadlock on a
-    # lock another thread held (seen: both ranks stuck in futex_wait, and the run hung at exit joining them).
-    ctx = mp.get_context("spawn")
+    # Not a fork of pytest: its process holds torch's thread pools, and a forked child can deadlock on a
+    # lock another thread held (seen: both ranks stuck in futex_wait, and the run hung at exit joining
+    # them). The launcher's context forks from a single-threaded, preloaded forkserver (spawn with a GPU).
+    ctx = process_context()
     barrier, out = ctx.Barrier(2, timeout=120), ctx.Queue()
     procs = [ctx.Process(target=_rank, args=(tmp_path, r, barrier, out), daemon=True) for r in range(2)]
     try:
@@ -161,9 +163,10 @@ def _write_then_die(root, monkey_file):
     _batches(_recipe(_tables()), PlanStore(root))
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("dies_after", ["pair_ids.npy", "row_offsets.npy"])
 def test_killed_write_leaves_nothing_that_looks_complete(tmp_path, dies_after):
-    proc = mp.get_context("spawn").Process(target=_write_then_die, args=(tmp_path, dies_after), daemon=True)
+    proc = process_context().Process(target=_write_then_die, args=(tmp_path, dies_after), daemon=True)
     proc.start()
     proc.join(timeout=180)
     if proc.is_alive():

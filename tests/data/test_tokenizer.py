@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from megatron_polar.data.tokenizer import load_tokenizer
-from tests.data_tools.test_tokenizer_hf import make_hf_tokenizer
+from tests.support.tokenizers import make_hf_tokenizer
 
 TEXTS = ["", " leading", "two  spaces\n\n", "emoji 😀 and é 数据", "x<|reward|>y", "\ttab"]
 

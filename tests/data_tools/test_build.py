@@ -13,7 +13,7 @@ from data_tools.build import BuildConfig, build_dataset, token_dtype
 from data_tools.records import InputError, RecordError, validate_triple
 from megatron_polar.data.contract import open_pair_dataset, read_manifest
 from megatron_polar.data.format import build_polar_text, encode_pair
-from tests.data_tools.dt_helpers import make_triples, write_jsonl
+from tests.support.text_data import make_triples, write_jsonl
 
 CFG = BuildConfig(chunk_rows=16, max_length=256, max_response_length=100, progress=False)
 
@@ -170,7 +170,7 @@ def test_refuses_to_overwrite(tmp_path, sp_tok):
 
 def test_hf_tokenizer_build(tmp_path):
     from megatron_polar.data.tokenizer import load_tokenizer
-    from tests.data_tools.test_tokenizer_hf import make_hf_tokenizer
+    from tests.support.tokenizers import make_hf_tokenizer
 
     tok = load_tokenizer(make_hf_tokenizer(tmp_path))
     rows = make_triples(10)

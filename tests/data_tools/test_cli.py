@@ -8,7 +8,7 @@ import pytest
 
 from data_tools.__main__ import main
 from megatron_polar.data.contract import open_pair_dataset
-from tests.data_tools.dt_helpers import make_triples, write_jsonl
+from tests.support.text_data import make_triples, write_jsonl
 
 
 def test_help_lists_commands(capsys):

@@ -9,7 +9,7 @@ import pytest
 
 from data_tools.pairing import PairConfig, draw_pairs, ranked_triples, run_pair, run_rank
 from data_tools.records import RecordError
-from tests.data_tools.dt_helpers import write_jsonl
+from tests.support.text_data import write_jsonl
 
 
 def rollouts(n_prompts: int = 20, policies=("p1", "p2", "p3", "p4"), per_policy: int = 2) -> list[dict]:

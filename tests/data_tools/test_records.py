@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from data_tools.records import BadRows, InputError, RecordError, iter_raw_lines, iter_rows, parse_line
-from tests.data_tools.dt_helpers import write_jsonl
+from tests.support.text_data import write_jsonl
 
 
 @pytest.mark.parametrize("compress", [None, "gz", "zst"])

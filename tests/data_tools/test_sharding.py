@@ -16,8 +16,8 @@ from data_tools.pairing import PairConfig, run_pair
 from data_tools.records import RecordError, iter_raw_lines, validate_triple
 from data_tools.sharding import ShardSpec, iter_range_lines, plan_ranges, shard_path, shard_prefix
 from megatron_polar.data.contract import open_pair_dataset
-from tests.data_tools.dt_helpers import make_triples, write_jsonl
 from tests.data_tools.test_pairing import rollouts
+from tests.support.text_data import make_triples, write_jsonl
 
 CFG = BuildConfig(chunk_rows=16, max_length=256, max_response_length=100, progress=False)
 # Manifest fields that must not depend on sharding (timings and split-file hashes may).

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.distributed.launcher import run_distributed
-from tests.distributed.workers import parity_step, random_pairs
+from tests.support.launcher import run_distributed
+from tests.support.parity_workers import parity_step, random_pairs
 
 pytestmark = pytest.mark.distributed
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.distributed.launcher import run_distributed
 from tests.gpu.workers import scoring_local_vs_te
+from tests.support.launcher import run_distributed
 
 pytestmark = pytest.mark.gpu
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.distributed.launcher import run_distributed
 from tests.gpu.workers import local_checkpoint_into_te
-from tests.training.runs import base_overrides, read_metrics, train_worker
-from tests.training.synthetic import build_task
+from tests.support.launcher import run_distributed
+from tests.support.synthetic_task import build_task
+from tests.support.training_runs import base_overrides, read_metrics, train_worker
 
 pytestmark = pytest.mark.gpu
 GPU_RUN = [

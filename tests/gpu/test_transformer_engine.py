@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.distributed.launcher import run_distributed
 from tests.gpu.workers import te_packed_vs_padded
+from tests.support.launcher import run_distributed
 
 pytestmark = pytest.mark.gpu
 

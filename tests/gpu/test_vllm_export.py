@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.convert import hf_fixtures as fx
+from tests.support import hf_fixtures as fx
 
 pytestmark = pytest.mark.gpu
 

@@ -9,7 +9,7 @@ from megatron_polar.data.batching import collate_packed, collate_padded
 from megatron_polar.model.builder import build_model_chunks
 from megatron_polar.parallel import topology
 from megatron_polar.training.setup import wrap_ddp
-from tests.distributed.workers import random_pairs
+from tests.support.parity_workers import random_pairs
 
 
 def te_packed_vs_padded(overrides: list[str]) -> dict:

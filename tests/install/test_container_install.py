@@ -144,6 +144,7 @@ def _installs(report: dict) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extras", [[], ["gpu"]], ids=["plain", "gpu-extra"])
 def test_install_in_the_documented_container_keeps_torch_te_and_apex(tmp_path, extras):
     install_requires, extras_require = setup_requirements()
@@ -155,6 +156,7 @@ def test_install_in_the_documented_container_keeps_torch_te_and_apex(tmp_path, e
     assert "hydra-core" in installs
 
 
+@pytest.mark.slow
 def test_the_old_image_gets_its_torch_replaced(tmp_path):
     """The control: in 25.01, whose torch is 2.6.0a0+..., pip would install another torch (megatron-core
     itself asks for torch>=2.6.0), which is why the recipe names a newer image."""

@@ -12,8 +12,8 @@ import pytest
 
 from megatron_polar.integrations.verl import RewardServerError, compute_score_batch
 from megatron_polar.scoring.server import build_server
-from tests.scoring.client import post
-from tests.scoring.helpers import random_text
+from tests.support.http_client import post
+from tests.support.scoring import random_text
 
 
 @pytest.fixture(scope="module")

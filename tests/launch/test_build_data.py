@@ -11,8 +11,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from data_tools.__main__ import main
-from tests.data_tools.dt_helpers import make_triples, words, write_jsonl
+from tests.support.text_data import make_triples, words, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "launch" / "build_data.sh"
@@ -72,6 +74,7 @@ def test_bad_usage_is_refused(tmp_path):
     assert res.returncode != 0 and "SLURM_ARRAY_TASK_ID" in res.stderr
 
 
+@pytest.mark.slow
 def test_array_tasks_and_merge_equal_a_one_process_build(tmp_path):
     from data_tools.build import BuildConfig, build_dataset
     from megatron_polar.data.tokenizer import load_tokenizer, train_sentencepiece

@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks import gpu_smoke
 
 SCRIPT = Path(gpu_smoke.__file__)
 
 
+@pytest.mark.slow
 def test_help_lists_every_check():
     res = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -34,6 +37,7 @@ def test_table_and_json(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
+@pytest.mark.slow
 def test_a_failing_check_is_recorded_and_the_next_still_runs(tmp_path, capsys):
     """On this CPU machine the THD check fails (no CUDA); versions, run after it, still reports."""
     out = tmp_path / "smoke.json"

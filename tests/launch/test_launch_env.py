@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.distributed.launcher import free_port
 from tests.launch.fake_slurm import slurm_env
 from tests.launch.test_launch_scripts import parse_dry_run, run_script
-from tests.training.runs import REPO, base_overrides, cli_env, read_metrics
-from tests.training.synthetic import build_task
+from tests.support.launcher import free_port
+from tests.support.synthetic_task import build_task
+from tests.support.training_runs import REPO, base_overrides, cli_env, read_metrics
 
 pytestmark = pytest.mark.distributed
 

@@ -11,7 +11,7 @@ import pytest
 
 from megatron_polar.parallel.topology import plan_device
 from megatron_polar.utils.errors import ConfigError
-from tests.distributed.launcher import run_distributed
+from tests.support.launcher import run_distributed
 
 
 def test_gloo_on_a_gpu_host_runs_on_the_cpu_and_hides_the_gpu():
@@ -55,6 +55,7 @@ def build_on_pretend_gpu_host() -> dict:
     }
 
 
+@pytest.mark.distributed
 def test_cpu_tool_starts_on_a_gpu_host():
     [res] = run_distributed(build_on_pretend_gpu_host, 1, timeout=300)
     assert res == {"device": "cpu", "cpu_backend": True, "cuda_reported": False}

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from megatron_polar.model.reward_model import gather_reward_rows
-from tests.distributed.launcher import run_distributed
 from tests.model.workers import reward_rows_tp
+from tests.support.launcher import run_distributed
 
 
 def test_without_sequence_parallelism_rows_are_indexed_directly():

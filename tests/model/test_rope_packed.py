@@ -7,9 +7,9 @@ import torch
 from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
 from megatron.core.transformer import TransformerConfig
 
-from tests.distributed.launcher import run_distributed
 from tests.model.host_syncs import HostSyncCounter
 from tests.model.workers import reference_fused_rope_thd, rope_thd_forward
+from tests.support.launcher import run_distributed
 
 
 class _CP:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.distributed.launcher import run_distributed
 from tests.model.shared_prefix_workers import shared_prefix_pairs, shared_vs_unshared
+from tests.support.launcher import run_distributed
 
 pytestmark = pytest.mark.distributed
 

@@ -12,8 +12,8 @@ from megatron_polar.data.batching import collate_packed
 from megatron_polar.model.builder import build_model_chunks
 from megatron_polar.model.sdpa_attention import SdpaAttention
 from megatron_polar.parallel import cpu_backend, topology
-from tests.distributed.workers import random_pairs
 from tests.model.host_syncs import HostSyncCounter
+from tests.support.parity_workers import random_pairs
 
 ROW = 96
 

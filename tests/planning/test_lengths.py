@@ -9,7 +9,7 @@ from data_tools.build import BuildConfig, build_dataset
 from megatron_polar.data.contract import open_pair_dataset
 from megatron_polar.plan import dataset_lengths
 from megatron_polar.planning.lengths import length_stats, paper_length_mix, shared_prefix_length
-from tests.data_tools.dt_helpers import make_triples, write_jsonl
+from tests.support.text_data import make_triples, write_jsonl
 
 
 def test_one_pair_by_hand():

@@ -11,7 +11,7 @@ import torch
 from megatron_polar.checkpoint.hf_export import export_hf
 from megatron_polar.checkpoint.model_loading import is_hf_directory
 from megatron_polar.scoring.scorer import PolarScorer
-from tests.scoring.helpers import random_text
+from tests.support.scoring import random_text
 
 ATOL = 1e-5  # fp32
 

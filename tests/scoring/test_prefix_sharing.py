@@ -15,7 +15,7 @@ from megatron_polar.scoring.prefix_sharing import (
 )
 from megatron_polar.scoring.requests import ScoreRequest
 from megatron_polar.scoring.scorer import PolarScorer
-from tests.scoring.helpers import random_text
+from tests.support.scoring import random_text
 
 TOL = 1e-5  # different matrix shapes round differently in the last bits
 

@@ -12,9 +12,9 @@ import random
 import pytest
 
 from megatron_polar.scoring.server import build_server
-from tests.scoring.client import post
-from tests.scoring.helpers import WORDS, random_text
 from tests.scoring.policy_chat import make_policy_tokenizer, openrlhf_rollout
+from tests.support.http_client import post
+from tests.support.scoring import WORDS, random_text
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2 + 2 ?"}],
@@ -179,7 +179,7 @@ def test_bodies_over_the_configured_limit_get_413_naming_the_flag(scorer):
 
 def test_health_lists_templates_and_serve_refuses_a_bad_template_spec(server, tmp_path):
     from megatron_polar.serve import main
-    from tests.scoring.client import get
+    from tests.support.http_client import get
 
     status, body = get(server.url + "/health")
     assert (

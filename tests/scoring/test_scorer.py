@@ -8,7 +8,7 @@ import pytest
 
 from megatron_polar.scoring.normalizer import RewardNormalizer
 from megatron_polar.scoring.scorer import PolarScorer
-from tests.scoring.helpers import random_text
+from tests.support.scoring import random_text
 
 TOL = 1e-5  # batch composition changes CPU GEMM blocking, hence the last bits
 
@@ -109,7 +109,7 @@ def test_from_hf_names_a_missing_config(tmp_path):
 
 
 def test_mismatched_tokenizer_is_refused(checkpoint_path, tmp_path):
-    from tests.scoring.helpers import make_tokenizer
+    from tests.support.scoring import make_tokenizer
 
     big = make_tokenizer(tmp_path / "big", vocab_size=700)
     with pytest.raises(ValueError, match="embeds only"):

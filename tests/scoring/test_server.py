@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from megatron_polar.scoring.server import build_server
-from tests.scoring.client import get, openrlhf_get_reward, post
-from tests.scoring.helpers import random_text
+from tests.support.http_client import get, openrlhf_get_reward, post
+from tests.support.scoring import random_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -216,6 +216,7 @@ def test_graceful_stop_finishes_in_flight_requests(scorer):
     assert out == [200, 200, 200]
 
 
+@pytest.mark.slow
 def test_serve_cli_exits_zero_on_sigterm(checkpoint_path, tokenizer_path):
     args = [
         "--model",

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.training.synthetic import build_task
+from tests.support.synthetic_task import build_task
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.distributed.launcher import run_distributed
+from tests.support.launcher import run_distributed
 
 pytestmark = pytest.mark.distributed
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.distributed.launcher import run_distributed
-from tests.training.runs import base_overrides, read_metrics, train_worker
+from tests.support.launcher import run_distributed
+from tests.support.training_runs import base_overrides, read_metrics, train_worker
 
 pytestmark = pytest.mark.distributed
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from tests.distributed.launcher import run_distributed
-from tests.training.runs import base_overrides, read_metrics, train_worker_with_nan
+from tests.support.launcher import run_distributed
+from tests.support.training_runs import base_overrides, read_metrics, train_worker_with_nan
 
 pytestmark = pytest.mark.distributed
 

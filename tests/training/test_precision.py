@@ -11,8 +11,8 @@ import statistics
 
 import pytest
 
-from tests.distributed.launcher import run_distributed
-from tests.training.runs import base_overrides, read_metrics, train_worker
+from tests.support.launcher import run_distributed
+from tests.support.training_runs import base_overrides, read_metrics, train_worker
 
 pytestmark = pytest.mark.distributed
 STEPS = 4  # fp16; bf16 runs the first BF16_STEPS of the same schedule

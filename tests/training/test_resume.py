@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from megatron_polar.checkpoint import manager
-from tests.distributed.launcher import run_distributed
-from tests.training.runs import REPO, base_overrides, cli_env, read_metrics, train_cli, train_worker
+from tests.support.launcher import run_distributed
+from tests.support.training_runs import REPO, base_overrides, cli_env, read_metrics, train_cli, train_worker
 
 pytestmark = pytest.mark.distributed
 STEPS = 12

@@ -12,7 +12,7 @@ from megatron_polar.checkpoint.hf_export import export_hf
 from megatron_polar.checkpoint.hf_import import import_hf
 from megatron_polar.checkpoint.model_loading import load_checkpoint_model
 from megatron_polar.data.batching import collate_padded
-from tests.convert import hf_fixtures as fx
+from tests.support import hf_fixtures as fx
 
 SEQ = 32
 

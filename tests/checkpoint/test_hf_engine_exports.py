@@ -18,7 +18,7 @@ import torch
 from megatron_polar.checkpoint.hf_export import export_hf
 from megatron_polar.checkpoint.model_loading import load_checkpoint_model
 from megatron_polar.data.batching import collate_padded
-from tests.convert import hf_fixtures as fx
+from tests.support import hf_fixtures as fx
 
 # POLAR strings (P + "\n" + R + "<|reward|>" + P + "\n" + C) with the released format's boundary cases.
 POLAR_TEXTS = [

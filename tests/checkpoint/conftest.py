@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from megatron_polar.checkpoint.hf_import import import_hf
-from tests.convert import hf_fixtures as fx
+from tests.support import hf_fixtures as fx
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,12 @@
-"""Builders shared by the scoring tests and the serving benchmark: tiny tokenizer, checkpoint, texts."""
+"""Builders shared by the scoring and integration tests and the serving benchmark: tiny tokenizer,
+checkpoint, texts, and the session fixtures built from them."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
+
+import pytest
 
 WORDS = (
     "the a reward model scores answers against references quickly slowly good bad helpful honest "
@@ -41,3 +44,23 @@ def make_checkpoint(root: str | Path, seed: int = 0, num_layers: int = 2) -> str
         model.reward_head.weight.copy_(torch.randn(model.reward_head.weight.shape, generator=gen))
     manager.save(root, 1, [model], config_yaml=to_yaml(cfg))
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(tmp_path_factory) -> str:
+    return make_tokenizer(tmp_path_factory.mktemp("tok") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def checkpoint_path(tmp_path_factory) -> str:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="session")
+def scorer(checkpoint_path, tokenizer_path):
+    import torch
+
+    from megatron_polar.scoring.scorer import PolarScorer
+
+    torch.manual_seed(0)
+    return PolarScorer.from_checkpoint(checkpoint_path, tokenizer_path, device="cpu", batch_tokens=4096)

@@ -3,6 +3,13 @@
 Each worker gets the launcher environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT) that torchrun would set,
 so the code under test initialises exactly as in production. A hang fails the test after ``timeout``
 seconds instead of stalling CI; a worker's exception is re-raised in the test with its traceback.
+
+On the CPU, ranks fork from a forkserver that has imported torch, megatron-core and megatron_polar once
+per pytest session: each rank is still a fresh process (nothing of one test's ranks reaches the next),
+but no longer spends seconds importing (megatron-core pulls in wandb and torch.distributed.tensor) before
+it starts. The forkserver is a single-threaded process started for this purpose, not pytest's own
+multi-threaded one, so forking from it cannot inherit a held lock. With a GPU, ranks are spawned as
+before, so no CUDA state is ever forked.
 """
 
 from __future__ import annotations
@@ -17,7 +24,33 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.multiprocessing as mp
+
+# Imported once in the forkserver; every rank forks with them loaded. A name that fails to import is
+# skipped by multiprocessing (the rank then imports what it needs itself).
+PRELOAD = [
+    "torch",
+    "megatron.core",
+    "megatron_polar.training.trainer",
+    "megatron_polar.checkpoint.manager",
+    "megatron_polar.model.builder",
+    "tests.support.training_runs",
+    "tests.support.parity_workers",
+]
+_context = None
+
+
+def process_context():
+    """The multiprocessing context ranks start from: a preloaded forkserver on CPU, spawn with a GPU."""
+    global _context
+    if _context is None:
+        if torch.cuda.is_available():
+            _context = mp.get_context("spawn")
+        else:
+            _context = mp.get_context("forkserver")
+            _context.set_forkserver_preload(PRELOAD)
+    return _context
 
 
 def free_port() -> int:
@@ -26,7 +59,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(fn: Callable, rank: int, world_size: int, port: int, outdir: str, args: tuple) -> None:
+def _entry(
+    fn: Callable, rank: int, world_size: int, port: int, outdir: str, args: tuple, env: dict[str, str]
+) -> None:
+    # A forked rank inherits the forkserver's environment, fixed when it started: use the test's.
+    os.environ.clear()
+    os.environ.update(env)
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world_size),
@@ -59,11 +97,13 @@ def _entry(fn: Callable, rank: int, world_size: int, port: int, outdir: str, arg
 
 def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 300) -> list[Any]:
     """Call ``fn(*args)`` on ``world_size`` spawned ranks; return each rank's result in rank order."""
-    ctx = mp.get_context("spawn")
+    ctx = process_context()
     with tempfile.TemporaryDirectory() as outdir:
         port = free_port()
         procs = [
-            ctx.Process(target=_entry, args=(fn, r, world_size, port, outdir, args), daemon=False)
+            ctx.Process(
+                target=_entry, args=(fn, r, world_size, port, outdir, args, dict(os.environ)), daemon=False
+            )
             for r in range(world_size)
         ]
         for p in procs:

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from megatron_polar.checkpoint.hf_export import export_hf
 from megatron_polar.checkpoint.hf_import import import_hf
 from megatron_polar.convert import main
-from tests.convert import hf_fixtures as fx
-from tests.convert.workers import resave_at_layout
-from tests.distributed.launcher import run_distributed
+from tests.checkpoint.hf_workers import resave_at_layout
+from tests.support import hf_fixtures as fx
+from tests.support.launcher import run_distributed
 
 
 def _assert_identical(got: dict, want: dict, skip=()) -> None:

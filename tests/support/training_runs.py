@@ -60,7 +60,7 @@ def train_cli(overrides: list[str], nproc: int = 1, **popen) -> subprocess.Popen
     if nproc == 1:
         cmd = [sys.executable, "-m", "megatron_polar.train", *overrides]
     else:
-        from tests.distributed.launcher import free_port
+        from tests.support.launcher import free_port
 
         cmd = [
             sys.executable,

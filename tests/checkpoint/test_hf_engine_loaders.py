@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from megatron_polar.checkpoint.hf_layouts import LAYOUTS, TrunkShape
-from tests.convert import hf_fixtures as fx
+from tests.support import hf_fixtures as fx
 
 # POLAR-7B's shape: the names (not the tensors) of a full-size export.
 POLAR_7B = TrunkShape(
