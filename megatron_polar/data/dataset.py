@@ -29,7 +29,7 @@ from megatron_polar.data.batching import collate_packed, collate_padded
 from megatron_polar.data.contract import PairDataset, bin_path, idx_path, manifest_path, open_pair_dataset
 from megatron_polar.data.epoch_plan import EpochPlan, compute_epoch_plan
 from megatron_polar.data.packing import DEFAULT_WINDOW
-from megatron_polar.data.plan_store import PlanStore
+from megatron_polar.data.plan_store import PlanStore, PlanWriter
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -324,7 +324,7 @@ class PairBatches:
             "seed": self.seed,
         }
 
-    def _compute(self, epoch: int) -> tuple[dict[str, np.ndarray], dict]:
+    def _compute(self, epoch: int, sink: PlanWriter | None = None) -> tuple[dict[str, np.ndarray], dict]:
         if self._pool is None:
             self._pool = self.recipe.draw()
         return compute_epoch_plan(
@@ -336,12 +336,16 @@ class PairBatches:
             self.window,
             self.shuffle,
             self.id_offsets,
+            workers=self.store.workers,
+            sink=sink,
         )
 
     def plan(self, epoch: int) -> EpochPlan:
         """The plan of ``epoch`` (from the store; the two most recent are kept open)."""
         if epoch not in self._plans:
-            stored = self.store.get(self.name, self.plan_key(epoch), lambda: self._compute(epoch))
+            stored = self.store.get(
+                self.name, self.plan_key(epoch), lambda sink: self._compute(epoch, sink), stream=True
+            )
             self._pool = None  # drawn only to compute; the plan is all the batches need
             if len(self._plans) >= 2:
                 self._plans.pop(min(self._plans))

@@ -134,6 +134,7 @@ class Trainer:
                 cfg.data.plan_dir or Path(cfg.logging.run_dir) / "plans",
                 is_writer=self.topo.rank == 0,
                 barrier=dist.barrier,
+                workers=cfg.data.plan_workers,
             ),
         )
         self.train_data = PairBatches(train_pool, **common, name="train")
