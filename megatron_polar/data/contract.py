@@ -97,12 +97,15 @@ class PairDataset:
         base = SEQUENCES_PER_PAIR * i
         return np.array(self.indexed[base + CHOSEN]), np.array(self.indexed[base + REJECTED])
 
-    def pair_lengths(self) -> np.ndarray:
-        """``[N, 2]`` int64 array of (chosen, rejected) lengths, from the index alone (no token reads).
+    def pair_lengths(self, copy: bool = True) -> np.ndarray:
+        """``[N, 2]`` int32 array of (chosen, rejected) lengths, from the index alone (no token reads).
 
-        A copy, because megatron unmaps the index when the ``IndexedDataset`` is garbage collected.
+        A copy by default, because megatron unmaps the index when the ``IndexedDataset`` is garbage
+        collected; ``copy=False`` returns the memory-mapped index itself, for use only while this
+        dataset is referenced (the plan writer gathers from it without an 8-byte-a-pair copy).
         """
-        return np.array(self.indexed.sequence_lengths, dtype=np.int64).reshape(-1, SEQUENCES_PER_PAIR)
+        lengths = np.asarray(self.indexed.sequence_lengths).reshape(-1, SEQUENCES_PER_PAIR)
+        return np.array(lengths, dtype=np.int32) if copy else lengths
 
     @property
     def reward_token_id(self) -> int:

@@ -24,6 +24,7 @@ from megatron_polar.data.plan_store import PlanWriter, StoredPlan
 _UINT32_LIMIT = 1 << 32
 # Epochs smaller than this are packed in one process: starting the pool would cost more than it saves.
 PARALLEL_MIN_PAIRS = 1 << 20
+_SCAN_CHUNK = 1 << 20  # pairs per step of sequential scans (bounded temporaries)
 
 
 def _index_dtype(limit: int) -> np.dtype:
@@ -173,13 +174,17 @@ def compute_epoch_plan(
     if shuffle:
         np.random.default_rng([seed, 13, epoch]).shuffle(order)
     lengths = pool.lengths
-
-    def fits(part: np.ndarray) -> np.ndarray:
-        pair = lengths[part].astype(np.int64)
+    # What fits a row, in pool order: a sequential scan, where testing in shuffled order would be a
+    # random gather of every pair's lengths (the slowest step of the serial part). Usually nothing is
+    # dropped (builds cap pairs below a row) and the order is left as it is.
+    keep = np.empty(n, dtype=bool)
+    for lo in range(0, n, _SCAN_CHUNK):
+        pair = lengths[lo : lo + _SCAN_CHUNK].astype(np.int64)
         size = pair.max(axis=1) if layout == "padded" else pair.sum(axis=1)
-        return size <= seq_length
-
-    order = _compact(order, fits, window)
+        keep[lo : lo + _SCAN_CHUNK] = size <= seq_length
+    if not keep.all():
+        order = _compact(order, keep.__getitem__, window)
+    del keep
     id_dtype = _index_dtype(int(id_offsets[-1]))
     inp = _EpochInputs(
         order, lengths, pool.source, pool.index, np.asarray(id_offsets, dtype=np.int64), id_dtype,
