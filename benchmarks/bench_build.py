@@ -117,7 +117,8 @@ def sharded_build(corpus: str, model: str, tmp: str, shards: int = 2) -> dict:
     processes (plus the merge), on the same input; and whether the merged files are identical."""
     one = os.path.join(tmp, "shard-base")
     start = time.perf_counter()
-    tokens = run_build(corpus, model, one, 1)["build"]["encoded_tokens"]
+    base_build = run_build(corpus, model, one, 1)["build"]
+    tokens = base_build["encoded_tokens"]
     base_s = time.perf_counter() - start
     prefix = os.path.join(tmp, "sharded")
     start = time.perf_counter()
@@ -132,6 +133,12 @@ def sharded_build(corpus: str, model: str, tmp: str, shards: int = 2) -> dict:
     if any(p.wait() for p in procs):
         raise RuntimeError("a shard build failed")
     shards_s = time.perf_counter() - start
+    # The builds' own seconds (from their manifests): without interpreter and torch start-up, which
+    # on a loaded machine can take as long as a small build and is paid once per process.
+    shard_build_s = []
+    for i in range(shards):
+        with open(f"{prefix}.shard-{i}-of-{shards}.manifest.json", encoding="utf-8") as f:
+            shard_build_s.append(json.load(f)["build"]["seconds"])
     merge = [sys.executable, "-W", "ignore", "-m", "data_tools", "--log-level", "WARNING", "merge", "build"]
     subprocess.run(
         [*merge, "-o", prefix, "--num-shards", str(shards)], check=True, env=_env(), stdout=subprocess.DEVNULL
@@ -150,6 +157,9 @@ def sharded_build(corpus: str, model: str, tmp: str, shards: int = 2) -> dict:
         "tokens_per_s_per_core": tokens / shards_s / shards,
         "speedup": base_s / shards_s,
         "speedup_with_merge": base_s / total_s,
+        "build_seconds_one_shard": base_build["seconds"],
+        "build_seconds_shards": shard_build_s,
+        "speedup_build_only": base_build["seconds"] / max(shard_build_s),
         "identical": identical,
     }
 
@@ -166,20 +176,36 @@ def _build_figures(b: dict, raw_rate: float) -> dict:
     }
 
 
-def main() -> dict:
-    """Run the benchmark, print a table, return the figures."""
-    small_rows, large_rows = 20_000, 100_000
+def main(rows: int = 20_000, tokenizer: str | None = None, memory: bool = True) -> dict:
+    """Run the benchmark, print a table, return the figures.
+
+    Args:
+        rows: triples in the corpus (the memory comparison uses 5x as many).
+        tokenizer: a tokenizer path to measure (e.g. ``tests/fixtures/polar7b-tokenizer``); ``None``
+            trains a 4000-piece sentencepiece model on the synthetic text.
+        memory: also run the memory-vs-input-size build on the 5x corpus.
+    """
+    small_rows, large_rows = rows, 5 * rows
     with tempfile.TemporaryDirectory(prefix="bench-build-") as tmp:
         small, large = os.path.join(tmp, "small.jsonl"), os.path.join(tmp, "large.jsonl")
         write_corpus(small, small_rows)
-        rng = random.Random(2)
-        vocab = _vocab(random.Random(1))
-        model = train_sentencepiece(
-            [_text(rng, vocab, 10, 40) for _ in range(5000)], os.path.join(tmp, "tok"), 4000
-        )
+        if tokenizer is None:
+            rng = random.Random(2)
+            vocab = _vocab(random.Random(1))
+            model = train_sentencepiece(
+                [_text(rng, vocab, 10, 40) for _ in range(5000)], os.path.join(tmp, "tok"), 4000
+            )
+        else:
+            model = tokenizer
         raw_rate, raw_tokens = raw_encode_rate(small, model)
 
-        figures: dict = {"cpu_count": os.cpu_count(), "rows": small_rows, "raw_encode_tokens_per_s": raw_rate}
+        figures: dict = {
+            "cpu_count": os.cpu_count(),
+            "load_average": os.getloadavg(),
+            "tokenizer": tokenizer or "4000-piece sentencepiece trained here",
+            "rows": small_rows,
+            "raw_encode_tokens_per_s": raw_rate,
+        }
         for workers in (1, 2):
             b = run_build(small, model, os.path.join(tmp, f"w{workers}"), workers)["build"]
             assert b["encoded_tokens"] == raw_tokens, "build and raw baseline encoded different texts"
@@ -187,6 +213,11 @@ def main() -> dict:
         with open(os.path.join(tmp, "w1.bin"), "rb") as f1, open(os.path.join(tmp, "w2.bin"), "rb") as f2:
             figures["workers_1_2_identical_bin"] = f1.read() == f2.read()
 
+        figures["sharded"] = sharded_build(small, model, tmp)
+        figures["load_average_end"] = os.getloadavg()
+        if not memory:
+            _print_table(figures)
+            return figures
         # Memory vs input size: the 2-worker build above, then the same on a 5x larger corpus.
         write_corpus(large, large_rows, seed=5)
         big = _build_figures(run_build(large, model, os.path.join(tmp, "mem-large"), 2)["build"], raw_rate)
@@ -203,7 +234,6 @@ def main() -> dict:
                 "worker_peak_rss_mb": max(r["worker_peak_rss_mb"]),
             }
         figures["memory"] = mem
-        figures["sharded"] = sharded_build(small, model, tmp)
 
     _print_table(figures)
     return figures
@@ -218,10 +248,15 @@ def _print_table(f: dict) -> None:
         f"with merge; target >= 1.8x), {s['tokens_per_s_per_core']:,.0f} encoded tokens/s per core, "
         f"merged identical: {s['identical']}"
     )
+    print(
+        f"  build time alone (manifests, no process start-up): 1 shard {s['build_seconds_one_shard']:.1f}s, "
+        f"shards {', '.join(f'{x:.1f}' for x in s['build_seconds_shards'])}s: {s['speedup_build_only']:.2f}x; "
+        f"load average {f['load_average'][0]:.1f} at start, {f['load_average_end'][0]:.1f} after the shards"
+    )
 
 
 def _print_main(f: dict) -> None:
-    print(f"machine: {f['cpu_count']} CPUs; corpus {f['rows']} triples")
+    print(f"machine: {f['cpu_count']} CPUs; corpus {f['rows']} triples; tokenizer {f['tokenizer']}")
     print(f"raw single-core encode: {f['raw_encode_tokens_per_s']:,.0f} tokens/s")
     print(
         f"{'build':<12}{'seconds':>9}{'enc tok/s':>13}{'vs raw':>8}{'target':>8}{'written tok/s':>15}"
@@ -239,7 +274,7 @@ def _print_main(f: dict) -> None:
     print(
         f"{'memory (2 workers)':<20}{'rows':>9}{'input MB':>10}{'seconds':>9}{'main RSS MB':>13}{'worker RSS MB':>15}"
     )
-    for name, m in f["memory"].items():
+    for name, m in f.get("memory", {}).items():
         print(
             f"{name:<20}{m['rows']:>9}{m['input_mb']:>10.0f}{m['seconds']:>9.1f}{m['main_peak_rss_mb']:>13.0f}"
             f"{m['worker_peak_rss_mb']:>15.0f}"
@@ -247,4 +282,11 @@ def _print_main(f: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20_000, help="triples in the corpus")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer to measure (default: train a small one)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory build on 5x the rows")
+    args = parser.parse_args()
+    main(args.rows, args.tokenizer, not args.no_memory)

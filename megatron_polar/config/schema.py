@@ -173,6 +173,7 @@ class DataConfig:
     pack_window: int = 65536  # pairs packed together (rows never mix windows; larger packs tighter)
     seed: int = 1234  # shuffle and packing seed
     plan_dir: str | None = None  # shared epoch plans (order + packing), built once; null: <run_dir>/plans
+    plan_workers: int = 0  # processes rank 0 packs a plan with; 0: SLURM cpus-per-task / its CPU affinity
     prefetch: bool = True  # build the next step's batches in a background thread during the current step
 
 

@@ -160,6 +160,8 @@ def validate(cfg: PolarConfig) -> None:
         )
     if cfg.data.pack_window < 1:
         raise ConfigError(f"data.pack_window must be >= 1, got {cfg.data.pack_window}")
+    if cfg.data.plan_workers < 0:
+        raise ConfigError(f"data.plan_workers must be >= 0 (0: automatic), got {cfg.data.plan_workers}")
     if cfg.train.eval_iters is not None and cfg.train.eval_iters < 1:
         raise ConfigError(
             f"train.eval_iters must be >= 1 or null (the whole validation set), got {cfg.train.eval_iters}"

@@ -33,6 +33,9 @@ FORMAT_VERSION = 2
 SEQUENCES_PER_PAIR = 2
 CHOSEN, REJECTED = 0, 1  # sequence index within a pair document
 _SAMPLED_CHECKS = 16  # pairs whose last tokens are checked on open
+# megatron-core's .idx header: 9-byte magic, 8-byte version, 1-byte dtype code, 8-byte sequence count,
+# 8-byte document count (megatron/core/datasets/indexed_dataset.py, _IndexReader.__init__).
+_INDEX_HEADER_BYTES = 34
 
 
 def manifest_path(prefix: str) -> str:
@@ -92,12 +95,15 @@ class PairDataset:
         base = SEQUENCES_PER_PAIR * i
         return np.array(self.indexed[base + CHOSEN]), np.array(self.indexed[base + REJECTED])
 
-    def pair_lengths(self) -> np.ndarray:
-        """``[N, 2]`` int64 array of (chosen, rejected) lengths, from the index alone (no token reads).
+    def pair_lengths(self, copy: bool = True) -> np.ndarray:
+        """``[N, 2]`` int32 array of (chosen, rejected) lengths, from the index alone (no token reads).
 
-        A copy, because megatron unmaps the index when the ``IndexedDataset`` is garbage collected.
+        A copy by default, because megatron unmaps the index when the ``IndexedDataset`` is garbage
+        collected; ``copy=False`` returns the memory-mapped index itself, for use only while this
+        dataset is referenced (the plan writer gathers from it without an 8-byte-a-pair copy).
         """
-        return np.array(self.indexed.sequence_lengths, dtype=np.int64).reshape(-1, SEQUENCES_PER_PAIR)
+        lengths = np.asarray(self.indexed.sequence_lengths).reshape(-1, SEQUENCES_PER_PAIR)
+        return np.array(lengths, dtype=np.int32) if copy else lengths
 
     @property
     def reward_token_id(self) -> int:
@@ -119,12 +125,65 @@ def shared_prefix_length(chosen: np.ndarray, rejected: np.ndarray) -> int:
     return int(diff[0]) if diff.size else n
 
 
+def _sample_positions(n: int, count: int) -> np.ndarray:
+    """Up to ``count`` evenly spread positions in ``[0, n)``, both ends included."""
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.linspace(0, n - 1, num=min(count, n)).astype(np.int64))
+
+
+def _check_index(prefix: str, manifest: dict, indexed, check_samples: int) -> None:
+    """Structural checks of a pair dataset's index in O(``check_samples``) reads, never a full scan.
+
+    Every rank opens every dataset at every start, and at the paper's size the index holds 702M
+    sequence lengths and 351M document boundaries: reading them all costs seconds and gigabytes of page
+    cache per node. A build writes the index in one pass from the same lengths it writes tokens for,
+    and its manifest (written last) records the pair and token counts, so what is checked here is what
+    a truncated, overwritten or mismatched file would break: the file sizes implied by the header
+    (megatron-core's index: a 34-byte header, then int32 lengths, int64 byte pointers and int64
+    document boundaries), both ends of every array, the totals against the manifest, and boundaries
+    and pointers at evenly spread samples.
+    """
+    idx, bin_ = idx_path(prefix), bin_path(prefix)
+    index = indexed.index
+    lengths, pointers, docs = index.sequence_lengths, index.sequence_pointers, index.document_indices
+    n_pairs, n_seq = len(docs) - 1, len(lengths)
+    expected = manifest.get("counts", {}).get("pairs_written")
+    if expected is not None and n_pairs != expected:
+        raise DatasetError(f"{idx}: {n_pairs} documents, manifest says {expected} pairs")
+    idx_bytes = _INDEX_HEADER_BYTES + lengths.nbytes + pointers.nbytes + docs.nbytes
+    if os.path.getsize(idx) != idx_bytes:
+        raise DatasetError(f"{idx}: {os.path.getsize(idx)} bytes, its header implies {idx_bytes}")
+    where = _sample_positions(n_pairs + 1, check_samples + 1)
+    if n_seq != SEQUENCES_PER_PAIR * n_pairs or np.any(docs[where] != SEQUENCES_PER_PAIR * where):
+        raise DatasetError(f"{idx}: some documents do not hold exactly {SEQUENCES_PER_PAIR} sequences")
+    itemsize = np.dtype(index.dtype).itemsize
+    data_bytes = int(pointers[-1]) + int(lengths[-1]) * itemsize if n_seq else 0
+    if n_seq and int(pointers[0]) != 0:
+        raise DatasetError(f"{idx}: first sequence starts at byte {int(pointers[0])}, not 0")
+    if os.path.getsize(bin_) != data_bytes:
+        raise DatasetError(
+            f"{bin_}: size {os.path.getsize(bin_)} does not match the index ({data_bytes} bytes expected)"
+        )
+    total = manifest.get("tokens", {}).get("total")
+    if total is not None and int(total) * itemsize != data_bytes:
+        raise DatasetError(
+            f"{bin_}: {data_bytes // itemsize} tokens, {manifest_path(prefix)} says {int(total)}"
+        )
+    seq = _sample_positions(n_seq - 1, check_samples)  # consecutive sequences are back to back
+    if seq.size and np.any(pointers[seq + 1] - pointers[seq] != lengths[seq].astype(np.int64) * itemsize):
+        raise DatasetError(f"{idx}: sequence pointers do not follow the sequence lengths")
+
+
 def open_pair_dataset(prefix: str, check_samples: int = _SAMPLED_CHECKS) -> PairDataset:
     """Open ``<prefix>.{bin,idx,manifest.json}`` and check that they agree.
 
-    Checks: all three files exist; the document count equals the manifest's ``pairs_written``; every
-    document holds exactly two sequences; the last token of both sequences of ``check_samples`` evenly
-    spread pairs is the manifest's reward token id.
+    Checks (none reads more than ``check_samples`` entries of the index, see :func:`_check_index`):
+    all three files exist; the document count equals the manifest's ``pairs_written``; the ``.idx``
+    and ``.bin`` sizes are those the index header and its last entries imply; the token total equals
+    the manifest's; documents hold exactly two sequences and pointers follow lengths at evenly spread
+    samples; the last token of both sequences of ``check_samples`` evenly spread pairs is the
+    manifest's reward token id.
 
     Raises:
         DatasetError: naming the offending file.
@@ -140,25 +199,10 @@ def open_pair_dataset(prefix: str, check_samples: int = _SAMPLED_CHECKS) -> Pair
     except Exception as e:  # megatron asserts or struct errors on a corrupt index
         raise DatasetError(f"{idx_path(prefix)}: cannot read index: {e!r}") from e
     ds = PairDataset(prefix=prefix, manifest=manifest, indexed=indexed)
-    doc_idx = np.asarray(indexed.document_indices)
-    expected = manifest.get("counts", {}).get("pairs_written")
-    if expected is not None and len(ds) != expected:
-        raise DatasetError(f"{idx_path(prefix)}: {len(ds)} documents, manifest says {expected} pairs")
-    if len(ds) and not np.all(np.diff(doc_idx) == SEQUENCES_PER_PAIR):
-        raise DatasetError(
-            f"{idx_path(prefix)}: some documents do not hold exactly {SEQUENCES_PER_PAIR} sequences"
-        )
-    expected_bytes = (
-        int(np.asarray(indexed.sequence_lengths, dtype=np.int64).sum())
-        * np.dtype(indexed.index.dtype).itemsize
-    )
-    if os.path.getsize(bin_path(prefix)) != expected_bytes:
-        raise DatasetError(
-            f"{bin_path(prefix)}: size does not match the index ({expected_bytes} bytes expected)"
-        )
+    _check_index(prefix, manifest, indexed, check_samples)
     if len(ds):
         reward = ds.reward_token_id
-        for i in np.unique(np.linspace(0, len(ds) - 1, num=min(check_samples, len(ds))).astype(np.int64)):
+        for i in _sample_positions(len(ds), check_samples):
             for seq in ds.pair(int(i)):
                 if len(seq) == 0 or int(seq[-1]) != reward:
                     raise DatasetError(

@@ -28,7 +28,7 @@ from megatron_polar.data.batching import collate_packed, collate_padded
 from megatron_polar.data.contract import PairDataset, bin_path, idx_path, manifest_path, open_pair_dataset
 from megatron_polar.data.epoch_plan import EpochPlan, compute_epoch_plan
 from megatron_polar.data.packing import DEFAULT_WINDOW
-from megatron_polar.data.plan_store import PlanStore
+from megatron_polar.data.plan_store import PlanStore, PlanWriter
 from megatron_polar.utils.errors import ConfigError
 from megatron_polar.utils.logging import get_logger
 
@@ -74,7 +74,13 @@ def split_indices(n: int, valid_fraction: float, seed: int) -> tuple[np.ndarray,
     """Deterministic (train, valid) index split of ``n`` pairs."""
     perm = np.random.default_rng([seed, 7]).permutation(n)
     n_valid = int(round(n * valid_fraction))
-    return np.sort(perm[n_valid:]), np.sort(perm[:n_valid])
+    dtype = _subset_dtype(n)
+    return np.sort(perm[n_valid:]).astype(dtype), np.sort(perm[:n_valid]).astype(dtype)
+
+
+def _subset_dtype(n: int) -> np.dtype:
+    """uint32 pair indices below 4G pairs: half the plan writer's memory for a subset."""
+    return np.dtype(np.uint32) if n < 2**32 else np.dtype(np.int64)
 
 
 def blend(
@@ -93,26 +99,31 @@ def blend(
     # Small dtypes: only the plan writer draws a pool, but at 351M pairs each byte per pair is 351 MB.
     src_dtype = np.uint8 if len(datasets) <= 255 else np.int32
     idx_dtype = np.uint32 if max((len(ds) for ds in datasets), default=0) < 2**32 else np.int64
-    spans, sources, indices = [], [], []
-    for d, (subset, k) in enumerate(zip(subsets, want)):
-        if len(subset) == 0 or k == 0:
-            continue
-        reps, rest = divmod(int(k), len(subset))
-        chosen = np.concatenate([np.tile(subset, reps), rng.choice(subset, rest, replace=False)])
-        sources.append(np.full(len(chosen), d, dtype=src_dtype))
-        indices.append(chosen.astype(idx_dtype))
-        spans.append(d)
-    source = np.concatenate(sources) if sources else np.zeros(0, src_dtype)
-    index = np.concatenate(indices) if indices else np.zeros(0, idx_dtype)
-    del sources, indices
+    spans = [d for d, (subset, k) in enumerate(zip(subsets, want)) if len(subset) and k]
+    n = int(sum(want[d] for d in spans))
+    # Filled in place, span by span: whole passes over the subset, then a seeded sample of it (no
+    # epoch-sized int64 temporaries: at 351M pairs each one is 2.8 GB on the plan writer).
+    source = np.empty(n, dtype=src_dtype)
+    index = np.empty(n, dtype=idx_dtype)
+    start = 0
+    for d in spans:
+        subset, k = subsets[d], int(want[d])
+        reps, rest = divmod(k, len(subset))
+        for r in range(reps):
+            index[start + r * len(subset) : start + (r + 1) * len(subset)] = subset
+        index[start + reps * len(subset) : start + k] = rng.choice(subset, rest, replace=False)
+        source[start : start + k] = d
+        start += k
     lengths = np.zeros((len(source), 2), dtype=np.int32)  # int32: half the builder's memory at scale
     start = 0
     for d in spans:  # each dataset's entries are one contiguous span of the pool
         end = start + int(want[d])
-        table = datasets[d].pair_lengths()
+        ds = datasets[d]  # a built dataset's index is gathered from where it is mapped, not copied
+        table = ds.pair_lengths(copy=False) if isinstance(ds, PairDataset) else ds.pair_lengths()
         for lo in range(start, end, _GATHER_CHUNK):  # bounded temporaries
             hi = min(end, lo + _GATHER_CHUNK)
             lengths[lo:hi] = table[index[lo:hi]]
+        del table  # before the next dataset's table is read
         start = end
     return PairPool(datasets=datasets, source=source, index=index, lengths=lengths)
 
@@ -192,7 +203,7 @@ def pool_recipes(
 
     def subsets(part: int) -> list[np.ndarray]:
         if not split:
-            return [np.arange(len(ds)) for ds in train_sets]
+            return [np.arange(len(ds), dtype=_subset_dtype(len(ds))) for ds in train_sets]
         return [split_indices(len(ds), data.valid_fraction, data.seed)[part] for ds in train_sets]
 
     train_split = {"valid_fraction": data.valid_fraction} if split else "all"
@@ -209,7 +220,12 @@ def pool_recipes(
             name="valid",
             datasets=valid_sets,
             key={"datasets": _dataset_keys(valid_sets), "seed": data.seed, "weights": sizes, "split": "all"},
-            draw=lambda: blend(valid_sets, sizes, [np.arange(len(ds)) for ds in valid_sets], data.seed),
+            draw=lambda: blend(
+                valid_sets,
+                sizes,
+                [np.arange(len(ds), dtype=_subset_dtype(len(ds))) for ds in valid_sets],
+                data.seed,
+            ),
         )
     elif split and sum(int(round(len(ds) * data.valid_fraction)) for ds in train_sets):
 
@@ -324,7 +340,7 @@ class PairBatches:
             "seed": self.seed,
         }
 
-    def _compute(self, epoch: int) -> tuple[dict[str, np.ndarray], dict]:
+    def _compute(self, epoch: int, sink: PlanWriter | None = None) -> tuple[dict[str, np.ndarray], dict]:
         if self._pool is None:
             self._pool = self.recipe.draw()
         return compute_epoch_plan(
@@ -336,12 +352,16 @@ class PairBatches:
             self.window,
             self.shuffle,
             self.id_offsets,
+            workers=self.store.workers,
+            sink=sink,
         )
 
     def plan(self, epoch: int) -> EpochPlan:
         """The plan of ``epoch`` (from the store; the two most recent are kept open)."""
         if epoch not in self._plans:
-            stored = self.store.get(self.name, self.plan_key(epoch), lambda: self._compute(epoch))
+            stored = self.store.get(
+                self.name, self.plan_key(epoch), lambda sink: self._compute(epoch, sink), stream=True
+            )
             self._pool = None  # drawn only to compute; the plan is all the batches need
             if len(self._plans) >= 2:
                 self._plans.pop(min(self._plans))

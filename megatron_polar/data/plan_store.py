@@ -18,6 +18,7 @@ key, shapes and sizes (the checksums were checked by the writer before the barri
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -78,21 +79,87 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_plan(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    """Write ``arrays`` and ``meta`` to the directory ``path`` atomically (temp dir, fsync, rename).
+def _sync_file(f) -> None:
+    """Flush and fsync an open file: its bytes are on disk before the plan's rename can expose them."""
+    f.flush()
+    os.fsync(f.fileno())
 
-    An existing directory at ``path`` (a stale or corrupt plan) is moved aside and deleted.
+
+def _npy_header(dtype: np.dtype, length: int) -> bytes:
+    """The ``.npy`` (format 1.0) header of a 1-D C-order array of ``length`` items of ``dtype``."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (length,)}
+    )
+    return buf.getvalue()
+
+
+class ArrayStream:
+    """One 1-D ``.npy`` array written chunk by chunk, its CRC-32 computed on the way.
+
+    The length is fixed up front (the header comes first), so the writer never holds the array: at
+    351M pairs the plan's ``pair_ids`` is 1.4 GB that the writer rank would otherwise keep in memory.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        files = {}
+
+    def __init__(self, file: Path, dtype, length: int):
+        self.file, self.dtype, self.length = file, np.dtype(dtype), int(length)
+        self.written = 0
+        header = _npy_header(self.dtype, self.length)
+        self._f = open(file, "wb")
+        self._f.write(header)
+        self._crc = zlib.crc32(header)
+
+    def append(self, chunk: np.ndarray) -> None:
+        """Write the next ``chunk`` (cast to the stream's dtype)."""
+        chunk = np.ascontiguousarray(chunk, dtype=self.dtype).reshape(-1)
+        if self.written + chunk.size > self.length:
+            raise ValueError(f"{self.file}: more than the {self.length} items declared")
+        data = memoryview(chunk).cast("B")
+        self._f.write(data)
+        self._crc = zlib.crc32(data, self._crc)
+        self.written += chunk.size
+
+    def close(self) -> dict:
+        """Finish the file (it must hold ``length`` items); its entry for ``meta.json``."""
+        if self.written != self.length:
+            self._f.close()
+            raise ValueError(f"{self.file}: {self.written} items written, {self.length} declared")
+        _sync_file(self._f)
+        self._f.close()
+        return {
+            "dtype": self.dtype.str,
+            "shape": [self.length],
+            "bytes": self.file.stat().st_size,
+            "crc32": self._crc,
+        }
+
+
+class PlanWriter:
+    """A plan being written: a hidden temporary directory beside ``path``, renamed into place by
+    :meth:`commit` once every file and ``meta.json`` are on disk (or removed by :meth:`abort`)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        self._streams: dict[str, ArrayStream] = {}
+
+    def stream(self, name: str, dtype, length: int) -> ArrayStream:
+        """Open ``<name>.npy`` for chunked writing (closed by :meth:`commit`)."""
+        self._streams[name] = ArrayStream(self.tmp / f"{name}.npy", dtype, length)
+        return self._streams[name]
+
+    def commit(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """Write ``arrays`` whole, close the streams, write ``meta.json`` and rename the plan into place.
+
+        An existing directory at ``path`` (a stale or corrupt plan) is moved aside and deleted.
+        """
+        files = {name: s.close() for name, s in self._streams.items()}
         for name, arr in arrays.items():
-            file = tmp / f"{name}.npy"
+            file = self.tmp / f"{name}.npy"
             with open(file, "wb") as f:
                 np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
+                _sync_file(f)
             files[name] = {
                 "dtype": np.dtype(arr.dtype).str,
                 "shape": list(arr.shape),
@@ -100,19 +167,34 @@ def write_plan(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
                 "crc32": _crc32(file),
             }
         full = {"format": PLAN_FORMAT, "version": PLAN_VERSION, **meta, "files": files}
-        with open(tmp / META, "w", encoding="utf-8") as f:
+        with open(self.tmp / META, "w", encoding="utf-8") as f:
             json.dump(full, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        if path.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, trash / "plan")
+            _sync_file(f)
+        _fsync_dir(self.tmp)
+        if self.path.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))
+            os.replace(self.path, trash / "plan")
             shutil.rmtree(trash, ignore_errors=True)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        os.replace(self.tmp, self.path)
+        _fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        """Remove the temporary directory (nothing at ``path`` changes)."""
+        for s in self._streams.values():
+            s._f.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def write_plan(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Write ``arrays`` and ``meta`` to the directory ``path`` atomically (temp dir, fsync, rename).
+
+    An existing directory at ``path`` (a stale or corrupt plan) is moved aside and deleted.
+    """
+    writer = PlanWriter(path)
+    try:
+        writer.commit(arrays, meta)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        writer.abort()
         raise
 
 
@@ -158,6 +240,22 @@ def read_plan(path: Path) -> StoredPlan:
     return StoredPlan(arrays=arrays, meta=meta)
 
 
+def default_workers() -> int:
+    """Processes the plan writer may use: SLURM's ``--cpus-per-task`` when set, else this process's CPUs.
+
+    The writer is one rank of the job; while it packs, the others wait at the barrier, so the cores
+    the scheduler gave this rank are idle otherwise.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        cpus = min(cpus, int(slurm))
+    return max(1, cpus)
+
+
 class PlanStore:
     """Where plans live and who writes them.
 
@@ -169,29 +267,43 @@ class PlanStore:
         root: directory of the plans; ``None`` keeps plans in memory (one process, nothing shared).
         is_writer: this rank checks and (re)builds plans.
         barrier: blocks until every rank arrived; ``None`` for a single process.
+        workers: processes the writer packs with (``None`` or 0: :func:`default_workers`); any count
+            writes the same bytes.
     """
 
     def __init__(
-        self, root: str | Path | None, is_writer: bool = True, barrier: Callable[[], None] | None = None
+        self,
+        root: str | Path | None,
+        is_writer: bool = True,
+        barrier: Callable[[], None] | None = None,
+        workers: int | None = None,
     ):
         self.root = Path(root) if root is not None else None
         self.is_writer, self.barrier = is_writer, barrier
+        self.workers = int(workers) if workers else default_workers()
         self.built = 0  # plans this store computed (tests and logs read it)
 
     def path(self, name: str, key: dict) -> Path | None:
         return None if self.root is None else self.root / f"{name}-{key_digest(key)[:24]}"
 
     def get(
-        self, name: str, key: dict, build: Callable[[], tuple[dict[str, np.ndarray], dict]]
+        self,
+        name: str,
+        key: dict,
+        build: Callable[..., tuple[dict[str, np.ndarray], dict]],
+        *,
+        stream: bool = False,
     ) -> StoredPlan:
         """The plan for ``key``: reused when a complete, matching one exists, else built by ``build``.
 
         ``build`` returns ``(arrays, meta)``; ``meta`` must be JSON-able. The returned plan's meta
-        holds ``key`` and whatever ``build`` put in it.
+        holds ``key`` and whatever ``build`` put in it. With ``stream``, ``build`` is called with a
+        :class:`PlanWriter` (``None`` for an in-memory store) and may write some arrays into it
+        (:meth:`PlanWriter.stream`) instead of returning them, so the writer never holds them whole.
         """
         path = self.path(name, key)
         if path is None:
-            arrays, meta = build()
+            arrays, meta = build(None) if stream else build()
             self.built += 1
             return StoredPlan(arrays=arrays, meta={**meta, "key": key})
         if self.is_writer:
@@ -201,9 +313,14 @@ class PlanStore:
             else:
                 if (path / META).exists() or path.exists():
                     log.warning("%s: rebuilding plan: %s", name, problem)
-                arrays, meta = build()
-                self.built += 1
-                write_plan(path, arrays, {**meta, "key": key})
+                writer = PlanWriter(path)
+                try:
+                    arrays, meta = build(writer) if stream else build()
+                    self.built += 1
+                    writer.commit(arrays, {**meta, "key": key})
+                except BaseException:
+                    writer.abort()
+                    raise
                 del arrays
                 log.info("%s: wrote plan %s", name, path)
         if self.barrier is not None:

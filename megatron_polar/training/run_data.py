@@ -49,6 +49,7 @@ def batch_options(cfg: PolarConfig, topo: Topology, use_te: bool) -> dict[str, A
             cfg.data.plan_dir or Path(cfg.logging.run_dir) / "plans",
             is_writer=topo.rank == 0,
             barrier=comm.barrier,
+            workers=cfg.data.plan_workers,
         ),
     )
 

@@ -118,3 +118,63 @@ def test_shared_prefix_length():
     assert shared_prefix_length(a, a.copy()) == len(a) - 1
     assert shared_prefix_length(np.array([1, 4]), np.array([1, 5, 4])) == 1
     assert shared_prefix_length(np.array([4]), np.array([4])) == 0
+
+
+def test_index_damage_is_found_without_reading_the_whole_index(tmp_path):
+    # A truncated index: megatron cannot map the arrays its header announces.
+    p = str(tmp_path / "t")
+    write_dataset(p, PAIRS)
+    with open(p + ".idx", "r+b") as f:
+        f.truncate(40)
+    with pytest.raises(DatasetError, match=r"t\.idx: cannot read index"):
+        open_pair_dataset(p)
+    # Bytes appended to the index: the header no longer accounts for the file.
+    p = str(tmp_path / "g")
+    write_dataset(p, PAIRS)
+    with open(p + ".idx", "ab") as f:
+        f.write(b"\0" * 8)
+    with pytest.raises(DatasetError, match=r"g\.idx: \d+ bytes, its header implies"):
+        open_pair_dataset(p)
+    # A .bin cut short (the build was interrupted and the files mixed up).
+    p = str(tmp_path / "s")
+    write_dataset(p, PAIRS)
+    with open(p + ".bin", "r+b") as f:
+        f.truncate(4)
+    with pytest.raises(DatasetError, match=r"s\.bin: size 4 does not match the index"):
+        open_pair_dataset(p)
+    # The manifest's token total disagrees with the files (another build's manifest).
+    p = str(tmp_path / "m")
+    write_dataset(p, PAIRS)
+    manifest = json.loads(open(manifest_path(p)).read())
+    manifest["tokens"] = {"total": 16}
+    with open(manifest_path(p), "w") as f:
+        json.dump(manifest, f)
+    with pytest.raises(DatasetError, match=r"m\.bin: 15 tokens, .*m\.manifest\.json says 16"):
+        open_pair_dataset(p)
+    manifest["tokens"] = {"total": 15}
+    with open(manifest_path(p), "w") as f:
+        json.dump(manifest, f)
+    assert len(open_pair_dataset(p)) == 2
+
+
+def test_uneven_documents_with_the_right_totals_are_found_by_sampling(tmp_path):
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    # 2 documents, 4 sequences (as two pairs would have) but split 1 + 3: only the boundaries differ.
+    prefix = str(tmp_path / "uneven")
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
+    builder.add_document(np.array([1, REWARD]), [2])
+    builder.add_document(np.array([1, REWARD, 1, REWARD, 1, REWARD]), [2, 2, 2])
+    builder.finalize(prefix + ".idx")
+    with open(manifest_path(prefix), "w") as f:
+        json.dump(
+            {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "tokenizer": {"reward_token_id": REWARD},
+                "counts": {"pairs_written": 2},
+            },
+            f,
+        )
+    with pytest.raises(DatasetError, match=r"uneven\.idx: some documents do not hold exactly 2"):
+        open_pair_dataset(prefix)

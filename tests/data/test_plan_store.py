@@ -151,20 +151,29 @@ def test_damaged_plan_is_rebuilt_by_the_writer_and_refused_by_a_reader(tmp_path,
     assert check_plan(path, rebuilt.plan_key(0), full=True) is None
 
 
-def _write_then_die(root, monkey_file):
-    real_save = np.save
+def _write_then_die(root, dies_after):
+    if dies_after == "first window":  # killed while the pair ids stream to disk
+        real_append = plan_store.ArrayStream.append
 
-    def dying_save(f, arr, **kw):
-        real_save(f, arr, **kw)
-        if str(getattr(f, "name", "")).endswith(monkey_file):
-            os._exit(9)  # killed midway through the write
+        def dying_append(self, chunk):
+            real_append(self, chunk)
+            os._exit(9)
 
-    np.save = dying_save
+        plan_store.ArrayStream.append = dying_append
+    else:  # killed right after one file of the plan is on disk
+        real_sync = plan_store._sync_file
+
+        def dying_sync(f):
+            real_sync(f)
+            if str(getattr(f, "name", "")).endswith(dies_after):
+                os._exit(9)
+
+        plan_store._sync_file = dying_sync
     _batches(_recipe(_tables()), PlanStore(root))
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("dies_after", ["pair_ids.npy", "row_offsets.npy"])
+@pytest.mark.parametrize("dies_after", ["first window", "pair_ids.npy", "row_offsets.npy", "meta.json"])
 def test_killed_write_leaves_nothing_that_looks_complete(tmp_path, dies_after):
     proc = process_context().Process(target=_write_then_die, args=(tmp_path, dies_after), daemon=True)
     proc.start()
