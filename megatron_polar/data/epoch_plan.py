@@ -19,6 +19,11 @@ from megatron_polar.data.plan_store import StoredPlan
 _UINT32_LIMIT = 1 << 32
 
 
+def shared_footprint(chosen: np.ndarray, rejected: np.ndarray, prefix: np.ndarray) -> np.ndarray:
+    """Row tokens of shared-prefix pairs: ``chosen + rejected - prefix`` (stand-in for batching's)."""
+    return chosen + rejected - prefix
+
+
 def _index_dtype(limit: int) -> np.dtype:
     """Smallest of uint32/int64 that holds values below ``limit``: the plan is 4 bytes a pair up to 4G pairs."""
     return np.dtype(np.uint32) if limit < _UINT32_LIMIT else np.dtype(np.int64)
@@ -55,6 +60,7 @@ def compute_epoch_plan(
     window: int,
     shuffle: bool,
     id_offsets: np.ndarray,
+    share_prefix: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Shuffle, drop what does not fit, pack (packed layout) and shuffle the rows of one epoch.
 
@@ -67,6 +73,8 @@ def compute_epoch_plan(
     Args:
         pool: the drawn :class:`~megatron_polar.data.dataset.PairPool`.
         id_offsets: :func:`~megatron_polar.data.dataset.pair_offsets` of the pool's datasets.
+        share_prefix: size every pair by its shared-prefix footprint ``chosen + rejected - prefix``
+            (one row segment group, any layout) instead of its two sequences; needs ``pool.prefix``.
 
     Returns:
         ``(arrays, meta)`` for :class:`~megatron_polar.data.plan_store.PlanStore`: ``pair_ids`` (and
@@ -77,8 +85,11 @@ def compute_epoch_plan(
 
     # 1-D per-pair figures first: gathers and sums over [n, 2] rows are several times slower.
     first, second = pool.lengths[:, 0], pool.lengths[:, 1]
-    total = first + second
-    size = np.maximum(first, second) if layout == "padded" else total
+    if share_prefix:  # a pair is one segment group in one row, padded or packed
+        total = size = shared_footprint(first, second, pool.prefix)
+    else:
+        total = first + second
+        size = np.maximum(first, second) if layout == "padded" else total
 
     order = _compact(order, lambda part: size[part] <= seq_length, window)
     id_dtype = _index_dtype(int(id_offsets[-1]))
@@ -107,6 +118,7 @@ def compute_epoch_plan(
         "real_tokens": real_tokens,
         "layout": layout,
         "seq_length": seq_length,
+        "share_prefix": share_prefix,
     }
     return arrays, meta
 
@@ -121,6 +133,7 @@ class EpochPlan:
         self.layout, self.seq_length = meta["layout"], meta["seq_length"]
         self.samples, self.pairs = meta["samples"], meta["pairs"]
         self.dropped, self.real_tokens = meta["dropped"], meta["real_tokens"]
+        self.share_prefix = bool(meta.get("share_prefix", False))
 
     def __len__(self) -> int:
         return self.samples
@@ -135,5 +148,5 @@ class EpochPlan:
     @property
     def efficiency(self) -> float:
         """Real tokens over the tokens of all rows (padding included)."""
-        rows = len(self) * (2 if self.layout == "padded" else 1)
+        rows = len(self) * (2 if self.layout == "padded" and not self.share_prefix else 1)
         return self.real_tokens / max(1, rows * self.seq_length)
