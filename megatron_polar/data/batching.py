@@ -7,6 +7,9 @@ is scored. Rows are always ``seq_length`` long so pipeline stages exchange fixed
 * packed: whole pairs packed into rows; a block-diagonal causal mask (local spec) or THD
   ``cu_seqlens`` (Transformer Engine) keeps sequences from attending to each other, and position ids
   restart at every sequence.
+* shared: whole pairs packed into rows, each pair laid out ``prefix | chosen suffix | rejected suffix``
+  so the prefix the two sequences share is computed once (:func:`collate_shared`,
+  :class:`~megatron_polar.data.batch.SharedPrefixParams`; docs/shared_prefix.md draws the layout).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import numpy as np
 import torch
 from megatron.core.packed_seq_params import PackedSeqParams
 
-from megatron_polar.data.batch import RewardBatch
+from megatron_polar.data.batch import RewardBatch, SharedPrefixParams
+from megatron_polar.data.contract import shared_prefix_length
 
 Pair = tuple[Sequence[int], Sequence[int]]
 
@@ -109,3 +113,103 @@ def collate_packed(
         same = segment.unsqueeze(2) == segment.unsqueeze(1)
         batch.attention_mask = (~same | _causal_mask(seq_length)).unsqueeze(1)
     return batch
+
+
+def shared_footprint(
+    chosen_len: np.ndarray | int, rejected_len: np.ndarray | int, prefix_len: np.ndarray | int
+):
+    """Tokens a pair occupies in a shared-prefix row: ``chosen + rejected - prefix`` (elementwise).
+
+    ``prefix_len`` must leave at least one token in each suffix (as
+    :func:`~megatron_polar.data.contract.shared_prefix_length` does); an int in gives an int out.
+    """
+    c, r, p = (np.asarray(x, dtype=np.int64) for x in (chosen_len, rejected_len, prefix_len))
+    if np.any(p < 0) or np.any(p >= np.minimum(c, r)):
+        raise ValueError("prefix_len must be >= 0 and leave at least one token of chosen and of rejected")
+    out = c + r - p
+    return int(out) if out.ndim == 0 else out
+
+
+def collate_shared(rows: Sequence[Sequence[Pair]], seq_length: int, pad_id: int = 0) -> RewardBatch:
+    """Pack each inner list of pairs into one row, each pair as ``prefix | chosen suffix | rejected suffix``.
+
+    The prefix is ``shared_prefix_length(chosen, rejected)`` tokens; it is placed once and both suffixes
+    attend to it. Rows are laid end to end as one ``[1, rows*seq_length]`` stream described by
+    :class:`SharedPrefixParams` (no ``s x s`` mask); one pair per row gives the padded layout. Position
+    ids continue from the prefix into each suffix, so every token has the position it has in its own
+    sequence. ``reward_index`` points at the last token of each suffix (chosen, rejected).
+
+    ``num_real_tokens`` counts the tokens placed. ``sum_sq_lengths`` keeps the unit of the other
+    collators, where a causal sequence of ``n`` tokens counts ``n**2`` (twice its query-key pairs): a
+    suffix of ``lq`` queries over ``lk = p + lq`` keys has ``lq*p + lq*(lq+1)/2`` pairs, that is
+    ``lk**2 - p**2`` in that unit, so a pair counts ``chosen**2 + rejected**2 - p**2``.
+    """
+    n_rows = len(rows)
+    tokens = torch.full((n_rows, seq_length), pad_id, dtype=torch.long)
+    positions = np.zeros((n_rows, seq_length), dtype=np.int64)
+    segments: list[tuple[int, int, int, int]] = []
+    kv_parts: list[np.ndarray] = []
+    reward_index: list[int] = []
+    kv_len = real = sq = 0
+
+    def add_segment(q_start: int, q_end: int, kv_ranges: list[tuple[int, int]]) -> None:
+        nonlocal kv_len
+        n_kv = sum(b - a for a, b in kv_ranges)
+        segments.append((q_start, q_end, kv_len, kv_len + n_kv))
+        kv_parts.extend(np.arange(a, b, dtype=np.int64) for a, b in kv_ranges)
+        kv_len += n_kv
+
+    for r, row in enumerate(rows):
+        base, col = r * seq_length, 0
+        for k, (chosen, rejected) in enumerate(row):
+            c = np.asarray(chosen, dtype=np.int64)
+            j = np.asarray(rejected, dtype=np.int64)
+            if len(c) == 0 or len(j) == 0:
+                raise ValueError(f"shared-prefix row {r}, pair {k}: empty chosen or rejected sequence")
+            p = shared_prefix_length(c, j)
+            need = shared_footprint(len(c), len(j), p)
+            if col + need > seq_length:
+                raise ValueError(
+                    f"shared-prefix row {r} overflows data.seq_length={seq_length}: pair {k} needs {need} "
+                    f"tokens from column {col}"
+                )
+            prefix = (base + col, base + col + p)
+            tokens[r, col : col + p] = torch.from_numpy(c[:p])
+            positions[r, col : col + p] = np.arange(p)
+            if p:
+                add_segment(*prefix, [prefix])
+            col += p
+            for seq in (c, j):
+                n = len(seq) - p
+                tokens[r, col : col + n] = torch.from_numpy(seq[p:])
+                positions[r, col : col + n] = np.arange(p, len(seq))
+                add_segment(base + col, base + col + n, [prefix, (base + col, base + col + n)])
+                reward_index.append(base + col + n - 1)
+                col += n
+            sq += len(c) ** 2 + len(j) ** 2 - p * p
+        real += col
+        if col < seq_length:  # the padding tail attends only to itself
+            positions[r, col:] = np.arange(seq_length - col)
+            add_segment(base + col, base + seq_length, [(base + col, base + seq_length)])
+    seg = np.asarray(segments, dtype=np.int64).reshape(-1, 4)
+    cu_q = np.concatenate([[0], seg[:, 1]])
+    cu_kv = np.concatenate([[0], seg[:, 3]])
+    flat_positions = torch.from_numpy(positions.reshape(1, -1))
+    psp = SharedPrefixParams(
+        qkv_format="thd",
+        cu_seqlens_q=torch.from_numpy(cu_q.astype(np.int32)),
+        cu_seqlens_kv=torch.from_numpy(cu_kv.astype(np.int32)),
+        max_seqlen_q=int((seg[:, 1] - seg[:, 0]).max()),
+        max_seqlen_kv=int((seg[:, 3] - seg[:, 2]).max()),
+        kv_index=torch.from_numpy(np.concatenate(kv_parts)),
+        positions=flat_positions.view(-1),
+        segments=tuple(tuple(int(v) for v in s) for s in segments),
+    )
+    return RewardBatch(
+        tokens=tokens.view(1, -1),
+        position_ids=flat_positions,
+        reward_index=torch.tensor(reward_index, dtype=torch.long).view(-1, 2),
+        packed_seq_params=psp,
+        num_real_tokens=real,
+        sum_sq_lengths=sq,
+    )
