@@ -46,8 +46,9 @@ def _pools(cfg: PolarConfig) -> tuple[PoolRecipe, PoolRecipe | None, dict]:
     """Open the datasets (mmap, no token reads) and describe the pools; drawing them is the plan writer's job."""
     if not cfg.data.train:
         raise ConfigError("data.train is empty: pass 'data.train=[{path: <prefix>, weight: 1.0}]'")
-    train_sets = open_datasets(cfg.data.train)
-    valid_sets = open_datasets(cfg.data.valid) if cfg.data.valid else []
+    shared = cfg.data.share_prefix  # every dataset must then carry its shared-prefix sidecar
+    train_sets = open_datasets(cfg.data.train, shared)
+    valid_sets = open_datasets(cfg.data.valid, shared) if cfg.data.valid else []
     tokenizer = check_tokenizers(train_sets + valid_sets)
     train, valid = pool_recipes(cfg.data, train_sets, valid_sets)
     return train, valid, tokenizer
@@ -130,6 +131,7 @@ class Trainer:
             window=cfg.data.pack_window,
             pad_id=0,
             thd=thd,
+            share_prefix=cfg.data.share_prefix,
             store=PlanStore(
                 cfg.data.plan_dir or Path(cfg.logging.run_dir) / "plans",
                 is_writer=self.topo.rank == 0,
@@ -234,6 +236,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ loop
     def _tokens(self, batches) -> tuple[float, float]:
+        """Tokens processed (a shared prefix once per pair) and the attention term of the step's FLOPs,
+        summed over data-parallel ranks. With shared prefixes the collator counts ``c^2 + r^2 - p^2``
+        per pair, the planner's shared attention (``planning.lengths``), so both use one formula."""
         t = torch.tensor(
             [sum(b.num_real_tokens for b in batches), sum(b.sum_sq_lengths for b in batches)],
             dtype=torch.float64,
@@ -267,7 +272,9 @@ class Trainer:
             "grad_norm": grad_norm,
             "pairs": result.pairs,
             "skipped": int(not applied),
-            "tokens_per_s": tokens / elapsed,
+            "tokens_per_s": tokens / elapsed,  # processed tokens: a shared prefix counts once
+            "pairs_per_s": pairs_per_step / elapsed,
+            "tokens_per_step": tokens,
             "tflops_per_device": flops / elapsed / self.topo.world_size / 1e12,
             "step_time_s": elapsed,
             "batch_wait_s": self._batches.last_wait_s,  # host time the step waited for its batches
@@ -337,7 +344,8 @@ class Trainer:
                 self.writer.log(self.step, metrics)
                 if self.step % cfg.logging.log_interval == 0 or self.step == 1:
                     log.info(
-                        "step %d | loss %.4f | acc %.3f | margin %.3f | lr %.3g | grad %.3f | %.0f tok/s | %.3f TFLOP/s/dev",
+                        "step %d | loss %.4f | acc %.3f | margin %.3f | lr %.3g | grad %.3f | %.0f tok/s "
+                        "| %.1f pairs/s | %.3f TFLOP/s/dev",
                         self.step,
                         metrics["loss"],
                         metrics["accuracy"],
@@ -345,6 +353,7 @@ class Trainer:
                         metrics["lr"],
                         metrics["grad_norm"],
                         metrics["tokens_per_s"],
+                        metrics["pairs_per_s"],
                         metrics["tflops_per_device"],
                     )
                 done = self.step >= self.train_iters

@@ -18,6 +18,9 @@ def model_flops(m: ModelConfig, real_tokens: int, sum_sq_lengths: int) -> float:
     Dense matmuls cost 6 FLOPs per non-embedding parameter per token (2 forward, 4 backward). Causal
     attention adds ``QK^T`` and ``AV``: 2 x 2 x h x L^2 / 2 forward FLOPs per layer for a sequence of
     length L, times 3 for the backward. Padding is not counted: these are *model* FLOPs.
+    ``sum_sq_lengths`` is twice the causal (query, key) pairs: ``L^2`` per sequence, and for a
+    shared-prefix pair ``c^2 + r^2 - p^2`` (the planner's ``planning.lengths`` count), so real tokens
+    and FLOPs of shared rows are what is computed, not what the unshared pair would have cost.
     """
     head_dim = m.hidden_size // m.num_attention_heads
     qkv = m.hidden_size * (m.num_attention_heads + 2 * m.num_query_groups) * head_dim
