@@ -11,7 +11,7 @@ from megatron_polar.config.schema import DataConfig, DatasetSpec
 from megatron_polar.data.batching import shared_footprint as batching_footprint
 from megatron_polar.data.contract import DatasetError, shared_prefix_length
 from megatron_polar.data.dataset import PairBatches, PairPool, blend, open_datasets, pool_recipes
-from megatron_polar.data.epoch_plan import shared_footprint
+from megatron_polar.data.epoch_plan import pair_footprints
 from megatron_polar.data.plan_store import PlanStore
 from megatron_polar.planning.lengths import length_stats
 
@@ -71,7 +71,7 @@ def test_fixture_prefixes_are_what_the_tokens_share():
 def test_footprint_matches_the_collator_and_the_planner():
     pool = _pool(300)
     c, r = pool.lengths[:, 0], pool.lengths[:, 1]
-    fp = shared_footprint(c, r, pool.prefix)
+    fp = pair_footprints(c, r, pool.prefix)
     assert fp.dtype == np.int32  # no int64 temporaries of the epoch's size on the plan writer
     assert np.array_equal(fp, batching_footprint(c, r, pool.prefix))
     assert fp.sum() == length_stats(c, r, pool.prefix).shared_tokens
@@ -81,7 +81,7 @@ def test_packs_by_footprint_and_no_row_overflows():
     pool = _pool(600)
     data = _batches(pool, window=64, seq_length=512)
     plan = data.plan(0)
-    fp = shared_footprint(pool.lengths[:, 0], pool.lengths[:, 1], pool.prefix).astype(np.int64)
+    fp = pair_footprints(pool.lengths[:, 0], pool.lengths[:, 1], pool.prefix).astype(np.int64)
     rows = [fp[plan.sample_pairs(s)].sum() for s in range(len(plan))]
     assert max(rows) <= 512
     assert plan.pairs == len(pool) and plan.real_tokens == int(fp.sum())
@@ -101,7 +101,7 @@ def test_padded_shared_layout_is_one_row_per_pair_and_drops_by_footprint():
     pool = _pool(200)
     data = _batches(pool, layout="padded", seq_length=160, micro_batch_size=2)
     plan = data.plan(0)
-    fp = shared_footprint(pool.lengths[:, 0], pool.lengths[:, 1], pool.prefix)
+    fp = pair_footprints(pool.lengths[:, 0], pool.lengths[:, 1], pool.prefix)
     assert plan.dropped == int((fp > 160).sum()) > 0
     assert len(plan) == plan.pairs == 200 - plan.dropped
     batch = data.step_batches(0)[0]
@@ -151,3 +151,17 @@ def test_dataset_without_sidecar_fails_at_open_naming_file_and_fix(tmp_path, sp_
     assert len(open_datasets([DatasetSpec(path=prefix)])[0]) == 12  # unshared: still fine
     with pytest.raises(DatasetError, match=rf"{prefix}\.prefix\.npy: missing.*add-prefix-lengths {prefix}"):
         open_datasets([DatasetSpec(path=prefix)], share_prefix=True)
+
+
+def test_config_key_is_validated_by_name():
+    from dataclasses import replace
+
+    from megatron_polar.config import load_config
+    from megatron_polar.config.validate import validate
+
+    assert load_config(["data.share_prefix=true"]).data.share_prefix is True
+    with pytest.raises(ConfigError, match="data.share_prefix"):
+        load_config(["data.share_prefix=maybe"])
+    cfg = load_config([])
+    with pytest.raises(ConfigError, match="data.share_prefix must be true or false"):
+        validate(replace(cfg, data=replace(cfg.data, share_prefix="yes")))
