@@ -21,6 +21,7 @@ from megatron_polar.config.schema import PolarConfig
 from megatron_polar.config.to_mcore import transformer_config
 from megatron_polar.model.reward_model import PolarRewardModel, stage_flags
 from megatron_polar.model.sdpa_attention import SdpaAttention
+from megatron_polar.model.shared_prefix_attention import SharedPrefixSdpaAttention, te_shared_prefix_attention
 from megatron_polar.parallel import cpu_backend
 from megatron_polar.utils.logging import get_logger
 
@@ -94,12 +95,17 @@ def resolve_use_te(cfg: PolarConfig) -> bool:
 
 def layer_spec(use_te: bool) -> ModuleSpec:
     """The transformer-layer spec: Transformer Engine's, or megatron-core's local one with PyTorch SDPA
-    as core attention (causal when no mask is given, the explicit block-diagonal mask for packed rows)."""
+    as core attention (causal when no mask is given, the explicit block-diagonal mask for packed rows).
+
+    Either way the core attention is a subclass that also runs shared-prefix rows
+    (``model/shared_prefix_attention.py``) and hands every other batch to the spec's own class."""
     if use_te:
-        return get_gpt_layer_with_transformer_engine_spec()
+        spec = copy.deepcopy(get_gpt_layer_with_transformer_engine_spec())
+        spec.submodules.self_attention.submodules.core_attention = te_shared_prefix_attention()
+        return spec
     spec = copy.deepcopy(get_gpt_layer_local_spec(normalization="RMSNorm"))
     spec.submodules.self_attention.params["attn_mask_type"] = AttnMaskType.arbitrary
-    spec.submodules.self_attention.submodules.core_attention = SdpaAttention
+    spec.submodules.self_attention.submodules.core_attention = SharedPrefixSdpaAttention
     return spec
 
 

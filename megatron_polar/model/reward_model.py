@@ -8,9 +8,14 @@ linear map of the final-norm hidden state at the reward token. Two batch layouts
 * packed rows: several sequences per row and no attention across them. With Transformer Engine this is
   the THD layout (``PackedSeqParams`` with ``cu_seqlens``); with the local spec it is an explicit
   block-diagonal causal mask and position ids that restart at each sequence.
+* shared-prefix rows (``collate_shared``): each pair as ``prefix | chosen | rejected`` suffixes, the
+  prefix computed once; ``SharedPrefixParams`` drives the varlen core attention of
+  ``model/shared_prefix_attention.py`` on both specs, and RoPE is applied there by per-token position.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from megatron.core import parallel_state as ps
@@ -23,7 +28,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlock
 from torch import Tensor
 
-from megatron_polar.data.batch import RewardBatch
+from megatron_polar.data.batch import RewardBatch, SharedPrefixParams
 from megatron_polar.parallel import cpu_backend
 
 
@@ -86,6 +91,20 @@ class PolarRewardModel(MegatronModule):
             input_tensor = input_tensor[0]
         self.decoder.set_input_tensor(input_tensor)
 
+    def _attention_inputs(self, batch: RewardBatch) -> tuple[Tensor | None, object]:
+        """``(rotary_pos_emb, packed_seq_params)`` for the decoder.
+
+        Shared-prefix rows get no ``rotary_pos_emb``: megatron-core's THD RoPE would restart positions
+        at every query segment, while a suffix must continue from its prefix. Their per-token angles
+        travel in a copy of the batch's ``SharedPrefixParams`` to the core attention, which rotates.
+        The table is sized by the longest key segment (the longest sequence), not by the row.
+        """
+        psp = batch.packed_seq_params
+        if isinstance(psp, SharedPrefixParams):
+            table = self.rotary_pos_emb(int(psp.max_seqlen_kv))  # [L, 1, 1, d]
+            return None, replace(psp, rotary_freqs=table[psp.positions.to(table.device)])
+        return self._rotary(batch, batch.tokens.shape[1]), psp
+
     def _rotary(self, batch: RewardBatch, seq_length: int) -> Tensor:
         """Rotary frequencies for ``batch``, computed once per forward and shared by every layer.
 
@@ -121,7 +140,7 @@ class PolarRewardModel(MegatronModule):
         return freqs[:, 0, 0][pos_sb].unsqueeze(2)  # [s, b, 1, d]
 
     def forward(self, batch: RewardBatch) -> Tensor:
-        rotary = self._rotary(batch, batch.tokens.shape[1])  # megatron's RoPE moves itself to "cuda"
+        rotary, psp = self._attention_inputs(batch)  # megatron's RoPE moves itself to "cuda"
         # The rest holds no CUDA literals: skip the CPU backend's per-operation device redirection.
         with cpu_backend.suspended():
             if self.pre_process:
@@ -132,7 +151,7 @@ class PolarRewardModel(MegatronModule):
                 hidden_states=hidden,
                 attention_mask=batch.attention_mask,
                 rotary_pos_emb=rotary,
-                packed_seq_params=batch.packed_seq_params,
+                packed_seq_params=psp,
             )
             if not self.post_process:
                 return hidden
@@ -147,11 +166,12 @@ class PolarRewardModel(MegatronModule):
     def reward_hidden_states(self, batch: RewardBatch) -> Tensor:
         """Final-norm hidden states at the reward positions (single-stage models; conversion parity)."""
         assert self.pre_process and self.post_process
+        rotary, psp = self._attention_inputs(batch)
         hidden = self.decoder(
             hidden_states=self.embedding(input_ids=batch.tokens, position_ids=None),
             attention_mask=batch.attention_mask,
-            rotary_pos_emb=self._rotary(batch, batch.tokens.shape[1]),
-            packed_seq_params=batch.packed_seq_params,
+            rotary_pos_emb=rotary,
+            packed_seq_params=psp,
         )
         picked = gather_reward_rows(hidden, batch.reward_index.reshape(-1), self.config.sequence_parallel)
         return picked.view(*batch.reward_index.shape, -1)
