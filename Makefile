@@ -62,7 +62,7 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: $(STAMP) ## Run the benchmarks (build incl. 2 shards vs 1, train packed/padded, serve, start-up at scale, save-memory projection); prints same-run ratios
+bench: $(STAMP) ## Run the benchmarks (build incl. 2 shards vs 1, train packed/padded, shared-prefix/packed, serve, start-up at scale, save-memory projection); prints same-run ratios
 	$(PY) benchmarks/run_all.py
 
 clean: ## Remove the virtualenv, caches and run outputs

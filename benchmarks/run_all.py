@@ -2,6 +2,7 @@
 
 * bench_build: ``data_tools build`` tokens/s with 1 and 2 workers over the raw single-core encode rate.
 * bench_train: training real tokens/s, packed rows over padded rows, same data.
+* bench_shared: training real pairs/s, shared-prefix rows over packed rows, same data; FLOPs ratio beside.
 * bench_serve: reward-server throughput, dynamic batching over one-at-a-time, 8 clients x 2,000 requests.
 * bench_scale: one rank's start-up seconds and plan memory at 1M/10M/50M pairs, projected to 351M.
 * bench_save_memory: projected checkpoint-save host memory per rank, 7B at TP2 x DP456, before and after.
@@ -54,6 +55,15 @@ def _summary(results: dict) -> list[tuple[str, str, str]]:
     t = results.get("bench_train", {})
     if "packed_over_padded" in t:
         rows.append(("train real tokens/s, packed / padded", f"{t['packed_over_padded']:.2f}x", "(recorded)"))
+    sh = results.get("bench_shared", {})
+    if "shared_over_unshared_pairs_per_s" in sh:
+        rows.append(
+            (
+                f"train pairs/s, shared-prefix / packed rows (FLOPs {sh['flops_ratio']:.2f}x)",
+                f"{sh['shared_over_unshared_pairs_per_s']:.2f}x",
+                f">= {sh['target']}x",
+            )
+        )
     s = results.get("bench_serve", {})
     for shape, r in s.items():
         if not isinstance(r, dict) or "batched_over_one_at_a_time" not in r:
@@ -90,12 +100,20 @@ def _summary(results: dict) -> list[tuple[str, str, str]]:
 
 
 def main() -> int:
-    from benchmarks import bench_build, bench_save_memory, bench_scale, bench_serve, bench_train
+    from benchmarks import (
+        bench_build,
+        bench_save_memory,
+        bench_scale,
+        bench_serve,
+        bench_shared,
+        bench_train,
+    )
 
     results, t0 = {}, time.monotonic()
     for name, module in (
         ("bench_build", bench_build),
         ("bench_train", bench_train),
+        ("bench_shared", bench_shared),
         ("bench_serve", bench_serve),
         ("bench_scale", bench_scale),
         ("bench_save_memory", bench_save_memory),

@@ -1,4 +1,4 @@
-"""``python -m data_tools {pair,rank,build,inspect}``: the POLAR data pipeline's command line.
+"""``python -m data_tools {pair,rank,build,merge,add-prefix-lengths,inspect}``: the POLAR data pipeline's command line.
 
 Typical flow::
 
@@ -183,6 +183,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--remove-shards", action="store_true", help="delete the shards once merged")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
+    p = sub.add_parser(
+        "add-prefix-lengths",
+        help="add the shared-prefix sidecar (<prefix>.prefix.npy) to a dataset built without it",
+        description="One streaming pass over the stored ids writes each pair's shared-prefix length "
+        "(what data.share_prefix=true packs by) and lists it in the manifest; written atomically. "
+        "Datasets built by this version of `build`/`merge` have it already.",
+    )
+    p.add_argument("prefix", help="dataset prefix (<prefix>.bin/.idx/.manifest.json)")
+    p.add_argument("--overwrite", action="store_true", help="recompute a sidecar the manifest already lists")
+
     p = sub.add_parser("inspect", help="manifest stats and decoded samples of a built dataset")
     p.add_argument("prefix")
     p.add_argument(
@@ -282,6 +292,10 @@ def _run(args: argparse.Namespace) -> None:
                 args.output, args.num_shards, args.holdout_output, args.overwrite, args.remove_shards
             )
         print(json.dumps(summary, indent=2, ensure_ascii=False))
+    elif args.command == "add-prefix-lengths":
+        from data_tools.prefix_lengths import add_prefix_lengths
+
+        print(json.dumps(add_prefix_lengths(args.prefix, args.overwrite), indent=2))
     elif args.command == "inspect":
         if args.manifest:
             print(json.dumps(read_manifest(args.prefix), indent=2, ensure_ascii=False))

@@ -4,10 +4,10 @@ Pipeline: the parent streams input lines (plain/gz/zst, bounded line size) into 
 ``chunk_rows`` lines; workers tokenise each chunk into a shard (``data_tools.encode``); the parent
 merges shards in chunk order with ``add_index`` (``data_tools.index_builder``: megatron's builder with
 packed index buffers) while at most ``2 * workers`` chunks are in flight, so memory does not grow with
-the input beyond the index itself (20 bytes per pair).
+the input beyond the index itself and the shared-prefix lengths (24 bytes per pair).
 
-Outputs are written under temporary names and renamed at the end: ``.bin``, then ``.idx``, then the
-manifest, which marks a complete build. A failed or interrupted build leaves no manifest (and normally no
+Outputs are written under temporary names and renamed at the end: ``.bin``, ``.idx``, the shared-prefix
+sidecar ``.prefix.npy`` (``data_tools.prefix_lengths``), then the manifest, which marks a complete build. A failed or interrupted build leaves no manifest (and normally no
 final ``.bin``/``.idx`` either); existing outputs are refused unless ``overwrite``.
 """
 
@@ -20,6 +20,7 @@ import resource
 import shutil
 import sys
 import time
+from array import array
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ import numpy as np
 
 from data_tools.encode import TRUNCATION_KEYS, ChunkResult, EncodeSettings, encode_chunk, init_worker
 from data_tools.index_builder import CompactIndexedDatasetBuilder
+from data_tools.prefix_lengths import prefix_lengths_entry, write_prefix_file
 from data_tools.records import DEFAULT_MAX_LINE_BYTES, BadRows, InputFile
 from data_tools.sharding import FileRange, ShardSpec, iter_range_lines, plan_ranges, shard_prefix
 from megatron_polar.data import contract
@@ -72,6 +74,7 @@ class BuildTotals:
     truncated: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TRUNCATION_KEYS, 0))
     bad: BadRows = field(default_factory=BadRows)
     worker_peak_rss_kb: dict[int, int] = field(default_factory=dict)
+    prefix_lengths: array = field(default_factory=lambda: array("i"))  # per pair, in output order
 
     def add(self, r: ChunkResult) -> None:
         """Fold one chunk's counters in."""
@@ -83,6 +86,7 @@ class BuildTotals:
             self.truncated[k] += v
         self.bad.merge(r.bad)
         self.worker_peak_rss_kb[r.pid] = max(self.worker_peak_rss_kb.get(r.pid, 0), r.peak_rss_kb)
+        self.prefix_lengths.extend(r.prefix_lengths)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -164,6 +168,7 @@ def build_dataset(
     final = {
         "bin": contract.bin_path(prefix),
         "idx": contract.idx_path(prefix),
+        "prefix": contract.prefix_lengths_path(prefix),
         "manifest": contract.manifest_path(prefix),
     }
     check_writable(list(final.values()), cfg.overwrite)
@@ -173,6 +178,7 @@ def build_dataset(
     tmp = {
         "bin": contract.bin_path(tmp_prefix),
         "idx": contract.idx_path(tmp_prefix),
+        "prefix": contract.prefix_lengths_path(tmp_prefix),
         "manifest": contract.manifest_path(tmp_prefix),
     }
     os.makedirs(shard_dir)
@@ -209,7 +215,10 @@ def build_dataset(
         elapsed = time.perf_counter() - start
         # From the builder, not by reopening the files: megatron cannot map an empty .bin (an empty shard).
         lengths = builder_lengths(builder)
+        prefix_lengths = np.frombuffer(totals.prefix_lengths, dtype=np.int32)
+        write_prefix_file(tmp["prefix"], [prefix_lengths], len(lengths))
         manifest = _manifest(paths, infos, tokenizer, cfg, dtype, totals, lengths, elapsed)
+        manifest["prefix_lengths"] = prefix_lengths_entry(lengths, prefix_lengths)
         if spec.sharded:
             manifest["shard"] = {
                 "index": spec.index,
@@ -224,7 +233,7 @@ def build_dataset(
             json.dump(manifest, f, indent=2, ensure_ascii=False)
         if os.path.exists(final["manifest"]):
             os.remove(final["manifest"])  # never let an old manifest vouch for new files mid-rename
-        for key in ("bin", "idx", "manifest"):
+        for key in ("bin", "idx", "prefix", "manifest"):
             os.replace(tmp[key], final[key])
     finally:
         shutil.rmtree(shard_dir, ignore_errors=True)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import resource
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from data_tools.records import BadRows, RecordError, parse_line, validate_triple
+from megatron_polar.data.contract import shared_prefix_length
 from megatron_polar.data.format import encode_pair
 from megatron_polar.data.tokenizer import PolarTokenizer
 
@@ -37,7 +39,8 @@ class EncodeSettings:
 
 @dataclass
 class ChunkResult:
-    """What a worker sends back: the shard prefix and counters (never the tokens themselves)."""
+    """What a worker sends back: the shard prefix, counters and each pair's shared-prefix length
+    (never the tokens themselves)."""
 
     chunk_id: int
     shard_prefix: str
@@ -50,6 +53,7 @@ class ChunkResult:
     error: RecordError | None = None  # strict mode: the first bad row
     pid: int = 0
     peak_rss_kb: int = 0
+    prefix_lengths: array = field(default_factory=lambda: array("i"))  # one per pair written
 
 
 _STATE: dict = {}
@@ -94,6 +98,7 @@ def encode_chunk(task: tuple[int, list[tuple[int, int, bytes | None]]]) -> Chunk
         )
         seq_c, seq_r = chosen.ids, rejected.ids
         builder.add_document(np.asarray(seq_c + seq_r), [len(seq_c), len(seq_r)])
+        result.prefix_lengths.append(shared_prefix_length(seq_c, seq_r))
         result.pairs += 1
         result.tokens += len(seq_c) + len(seq_r)
         result.encoded_tokens += sum(chosen.measured) + rejected.measured[2]

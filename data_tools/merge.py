@@ -18,6 +18,7 @@ import numpy as np
 from data_tools.build import builder_lengths, length_stats
 from data_tools.index_builder import CompactIndexedDatasetBuilder
 from data_tools.pairing import done_path
+from data_tools.prefix_lengths import prefix_lengths_entry, write_prefix_file
 from data_tools.records import BadRows
 from data_tools.sharding import shard_path, shard_prefix
 from megatron_polar.data import contract
@@ -93,24 +94,45 @@ def _merged_counts(manifests: list[dict], max_examples: int) -> dict:
     }
 
 
+def _shard_sidecar(prefix: str, index: int, count: int, manifest: dict) -> str:
+    """The shard's ``.prefix.npy`` (checked to exist with one entry per pair)."""
+    shard = shard_prefix(prefix, index, count)
+    path = contract.prefix_lengths_path(shard)
+    if "prefix_lengths" not in manifest or not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path}: missing (shard built by an older data_tools); run "
+            f"`{contract.add_prefix_lengths_command(shard)}` on each such shard, then merge again"
+        )
+    n = np.load(path, mmap_mode="r").shape[0]
+    if n != manifest["counts"]["pairs_written"]:
+        raise ValueError(
+            f"{path}: {n} entries, its manifest says {manifest['counts']['pairs_written']} pairs"
+        )
+    return path
+
+
 def merge_build(prefix: str, count: int, overwrite: bool = False, remove_shards: bool = False) -> dict:
     """Join ``<prefix>.shard-<i>-of-<count>`` into ``<prefix>``; returns the merged manifest.
 
-    The ``.bin``/``.idx`` equal a one-process build's byte for byte; the manifest equals its in every
-    field but the timings (``created_unix``, ``build``) and the hashes of inputs split between shards.
+    The ``.bin``/``.idx``/``.prefix.npy`` equal a one-process build's byte for byte; the manifest
+    equals its in every field but the timings (``created_unix``, ``build``) and the hashes of inputs
+    split between shards.
     """
     start = time.perf_counter()
     manifests = _shard_manifests(prefix, count)
     final = {
         "bin": contract.bin_path(prefix),
         "idx": contract.idx_path(prefix),
+        "prefix": contract.prefix_lengths_path(prefix),
         "manifest": contract.manifest_path(prefix),
     }
     check_writable(list(final.values()), overwrite)
+    shard_sidecars = [_shard_sidecar(prefix, i, count, m) for i, m in enumerate(manifests)]
     tmp_prefix = f"{prefix}.tmp-{os.getpid()}"
     tmp = {
         "bin": contract.bin_path(tmp_prefix),
         "idx": contract.idx_path(tmp_prefix),
+        "prefix": contract.prefix_lengths_path(tmp_prefix),
         "manifest": contract.manifest_path(tmp_prefix),
     }
     dtype = np.dtype(manifests[0]["dtype"])
@@ -121,6 +143,7 @@ def merge_build(prefix: str, count: int, overwrite: bool = False, remove_shards:
                 builder.add_index(shard_prefix(prefix, i, count))
         builder.finalize(tmp["idx"])
         lengths = builder_lengths(builder)
+        write_prefix_file(tmp["prefix"], (np.load(p, mmap_mode="r") for p in shard_sidecars), len(lengths))
         max_examples = manifests[0]["shard"].get("max_examples", 5)
         manifest = {k: v for k, v in manifests[0].items() if k != "shard"}
         manifest.update(
@@ -128,6 +151,7 @@ def merge_build(prefix: str, count: int, overwrite: bool = False, remove_shards:
             inputs=_merged_inputs(manifests),
             counts=_merged_counts(manifests, max_examples),
             **length_stats(lengths, manifests[0]["max_length"]),
+            prefix_lengths=prefix_lengths_entry(lengths, np.load(tmp["prefix"], mmap_mode="r")),
         )
         manifest["build"] = {
             "shards": count,
@@ -140,7 +164,7 @@ def merge_build(prefix: str, count: int, overwrite: bool = False, remove_shards:
             json.dump(manifest, f, indent=2, ensure_ascii=False)
         if os.path.exists(final["manifest"]):
             os.remove(final["manifest"])
-        for key in ("bin", "idx", "manifest"):
+        for key in ("bin", "idx", "prefix", "manifest"):
             os.replace(tmp[key], final[key])
     finally:
         for path in tmp.values():
@@ -149,8 +173,13 @@ def merge_build(prefix: str, count: int, overwrite: bool = False, remove_shards:
     if remove_shards:
         for i in range(count):
             p = shard_prefix(prefix, i, count)
-            for path in (contract.manifest_path(p), contract.bin_path(p), contract.idx_path(p)):
-                os.remove(path)  # manifest first: a half-removed shard never looks complete
+            for path in (
+                contract.manifest_path(p),  # first: a half-removed shard never looks complete
+                contract.bin_path(p),
+                contract.idx_path(p),
+                contract.prefix_lengths_path(p),
+            ):
+                os.remove(path)
     logger.info("merged %d shards into %s: %d pairs", count, prefix, manifest["counts"]["pairs_written"])
     return manifest
 

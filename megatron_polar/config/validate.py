@@ -162,6 +162,8 @@ def validate(cfg: PolarConfig) -> None:
         raise ConfigError(f"data.pack_window must be >= 1, got {cfg.data.pack_window}")
     if cfg.data.plan_workers < 0:
         raise ConfigError(f"data.plan_workers must be >= 0 (0: automatic), got {cfg.data.plan_workers}")
+    if not isinstance(cfg.data.share_prefix, bool):
+        raise ConfigError(f"data.share_prefix must be true or false, got {cfg.data.share_prefix!r}")
     if cfg.train.eval_iters is not None and cfg.train.eval_iters < 1:
         raise ConfigError(
             f"train.eval_iters must be >= 1 or null (the whole validation set), got {cfg.train.eval_iters}"

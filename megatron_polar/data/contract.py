@@ -10,6 +10,12 @@ A dataset is three files under one prefix:
   one prompt length, so they share their ids up to the candidate; :func:`shared_prefix_length` gives
   the exact shared length (the longest common prefix of the two id arrays). Tokens are ``uint16`` when the vocabulary has fewer
   than 65500 ids, else ``int32`` (megatron's ``DType.optimal_dtype``).
+* ``<prefix>.prefix.npy``: the *shared-prefix sidecar*, a 1-D ``int32`` ``.npy`` array with one entry
+  per pair, ``shared_prefix_length(chosen, rejected)`` of its stored ids. Training with
+  ``data.share_prefix`` packs pairs by their footprint ``chosen + rejected - prefix`` and reads these
+  lengths at plan time, memory-mapped, without reading a token. ``data_tools build`` and ``merge``
+  write it; ``data_tools add-prefix-lengths`` adds it to a dataset built before it existed. The
+  manifest's ``prefix_lengths`` entry lists it; a dataset without one trains only unshared.
 * ``<prefix>.manifest.json``: provenance, tokenizer ids, limits, counts and statistics. It is written
   last, so a dataset without a manifest is an incomplete build.
 
@@ -36,6 +42,8 @@ _SAMPLED_CHECKS = 16  # pairs whose last tokens are checked on open
 # megatron-core's .idx header: 9-byte magic, 8-byte version, 1-byte dtype code, 8-byte sequence count,
 # 8-byte document count (megatron/core/datasets/indexed_dataset.py, _IndexReader.__init__).
 _INDEX_HEADER_BYTES = 34
+PREFIX_LENGTHS_SUFFIX = ".prefix.npy"
+PREFIX_LENGTHS_DTYPE = np.dtype("<i4")  # a prefix is shorter than a sequence, and sequences fit int32
 
 
 def manifest_path(prefix: str) -> str:
@@ -51,6 +59,16 @@ def bin_path(prefix: str) -> str:
 def idx_path(prefix: str) -> str:
     """``<prefix>.idx``."""
     return f"{prefix}.idx"
+
+
+def prefix_lengths_path(prefix: str) -> str:
+    """``<prefix>.prefix.npy``: the per-pair shared-prefix lengths."""
+    return f"{prefix}{PREFIX_LENGTHS_SUFFIX}"
+
+
+def add_prefix_lengths_command(prefix: str) -> str:
+    """The command that adds the shared-prefix sidecar to a dataset built without one."""
+    return f"python -m data_tools add-prefix-lengths {prefix}"
 
 
 def read_manifest(prefix: str) -> dict:
@@ -104,6 +122,35 @@ class PairDataset:
         """
         lengths = np.asarray(self.indexed.sequence_lengths).reshape(-1, SEQUENCES_PER_PAIR)
         return np.array(lengths, dtype=np.int32) if copy else lengths
+
+    @property
+    def has_prefix_lengths(self) -> bool:
+        """Whether the manifest lists the shared-prefix sidecar (``data.share_prefix`` needs it)."""
+        return isinstance(self.manifest.get("prefix_lengths"), dict)
+
+    def prefix_lengths(self) -> np.ndarray:
+        """``[N]`` int32 shared-prefix lengths, memory-mapped from ``<prefix>.prefix.npy`` (no token reads).
+
+        Raises:
+            DatasetError: naming the file and the command that adds it, when the dataset has none.
+        """
+        path = prefix_lengths_path(self.prefix)
+        if not self.has_prefix_lengths or not os.path.isfile(path):
+            raise DatasetError(
+                f"{path}: missing; this dataset was built without per-pair shared-prefix lengths, which "
+                f"data.share_prefix=true needs. Add them in one streaming pass with "
+                f"`{add_prefix_lengths_command(self.prefix)}` (or set data.share_prefix=false)"
+            )
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{path}: unreadable: {e}") from e
+        if arr.dtype != PREFIX_LENGTHS_DTYPE or arr.shape != (len(self),):
+            raise DatasetError(
+                f"{path}: {arr.dtype}{arr.shape}, expected {PREFIX_LENGTHS_DTYPE}({len(self)},) "
+                f"(stale or corrupt: rerun `{add_prefix_lengths_command(self.prefix)} --overwrite`)"
+            )
+        return arr
 
     @property
     def reward_token_id(self) -> int:
@@ -208,4 +255,18 @@ def open_pair_dataset(prefix: str, check_samples: int = _SAMPLED_CHECKS) -> Pair
                     raise DatasetError(
                         f"{bin_path(prefix)}: pair {i} does not end with reward token {reward}"
                     )
+    if ds.has_prefix_lengths and len(ds):
+        _check_prefix_lengths(ds, check_samples)
     return ds
+
+
+def _check_prefix_lengths(ds: PairDataset, check_samples: int) -> None:
+    """The sidecar's shape, and its value at ``check_samples`` evenly spread pairs against the tokens."""
+    stored = ds.prefix_lengths()
+    for i in np.unique(np.linspace(0, len(ds) - 1, num=min(check_samples, len(ds))).astype(np.int64)):
+        if int(stored[i]) != shared_prefix_length(*ds.pair(int(i))):
+            raise DatasetError(
+                f"{prefix_lengths_path(ds.prefix)}: pair {i} holds {int(stored[i])}, its tokens share "
+                f"{shared_prefix_length(*ds.pair(int(i)))} (stale: rerun "
+                f"`{add_prefix_lengths_command(ds.prefix)} --overwrite`)"
+            )

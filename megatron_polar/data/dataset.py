@@ -5,7 +5,10 @@ checkpoint is just the step counter: a resumed run reads exactly the samples an 
 would, on any data-parallel size that divides the global batch.
 
 Units: a *sample* is a pair in the padded layout and a packed row in the packed layout;
-``global_batch_size`` and ``micro_batch_size`` count samples.
+``global_batch_size`` and ``micro_batch_size`` count samples. With ``data.share_prefix`` every pair is
+one segment group ``prefix | chosen suffix | rejected suffix`` sized by its footprint
+``chosen + rejected - prefix`` (the prefix lengths come from the datasets' sidecars, not the tokens),
+so a padded sample is one row instead of two.
 
 At scale the epoch's order and packing (its *plan*) is computed once by one rank and shared through a
 :class:`~megatron_polar.data.plan_store.PlanStore`; the other ranks never draw the blend at all
@@ -24,7 +27,7 @@ import numpy as np
 
 from megatron_polar.config.schema import DataConfig, DatasetSpec
 from megatron_polar.data.batch import RewardBatch
-from megatron_polar.data.batching import collate_packed, collate_padded
+from megatron_polar.data.batching import collate_packed, collate_padded, collate_shared
 from megatron_polar.data.contract import PairDataset, bin_path, idx_path, manifest_path, open_pair_dataset
 from megatron_polar.data.epoch_plan import EpochPlan, compute_epoch_plan
 from megatron_polar.data.packing import DEFAULT_WINDOW
@@ -45,6 +48,7 @@ class PairPool:
     source: np.ndarray  # [N] dataset number
     index: np.ndarray  # [N] pair index within that dataset
     lengths: np.ndarray  # [N, 2] chosen / rejected tokens
+    prefix: np.ndarray | None = None  # [N] shared-prefix tokens (drawn for data.share_prefix only)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -53,9 +57,17 @@ class PairPool:
         return self.datasets[self.source[i]].pair(int(self.index[i]))
 
 
-def open_datasets(specs: list[DatasetSpec]) -> list[PairDataset]:
-    """Open every dataset of a blend (clear errors name the missing or corrupt file)."""
-    return [open_pair_dataset(spec.path) for spec in specs]
+def open_datasets(specs: list[DatasetSpec], share_prefix: bool = False) -> list[PairDataset]:
+    """Open every dataset of a blend (clear errors name the missing or corrupt file).
+
+    With ``share_prefix`` every dataset must carry its shared-prefix sidecar; a dataset built before it
+    existed fails here, at start-up, naming the file and the ``data_tools`` command that adds it.
+    """
+    datasets = [open_pair_dataset(spec.path) for spec in specs]
+    if share_prefix:
+        for ds in datasets:
+            ds.prefix_lengths()  # mapped and checked, not read
+    return datasets
 
 
 def check_tokenizers(datasets: list[PairDataset]) -> dict:
@@ -84,12 +96,17 @@ def _subset_dtype(n: int) -> np.dtype:
 
 
 def blend(
-    datasets: list[PairDataset], weights: list[float], subsets: list[np.ndarray], seed: int
+    datasets: list[PairDataset],
+    weights: list[float],
+    subsets: list[np.ndarray],
+    seed: int,
+    share_prefix: bool = False,
 ) -> PairPool:
     """One epoch of the weighted blend: dataset ``i`` contributes ``w_i / sum(w)`` of the pairs.
 
     The epoch holds as many pairs as all subsets together; a dataset asked for more pairs than it has is
-    repeated (whole passes, then a seeded sample), one with fewer is sampled without replacement.
+    repeated (whole passes, then a seeded sample), one with fewer is sampled without replacement. With
+    ``share_prefix`` the pool also carries every pair's shared-prefix length, from the sidecars.
     """
     total = sum(len(s) for s in subsets)
     w = np.asarray(weights, dtype=np.float64)
@@ -115,17 +132,21 @@ def blend(
         source[start : start + k] = d
         start += k
     lengths = np.zeros((len(source), 2), dtype=np.int32)  # int32: half the builder's memory at scale
+    prefix = np.zeros(len(source), dtype=np.int32) if share_prefix else None
     start = 0
     for d in spans:  # each dataset's entries are one contiguous span of the pool
         end = start + int(want[d])
         ds = datasets[d]  # a built dataset's index is gathered from where it is mapped, not copied
         table = ds.pair_lengths(copy=False) if isinstance(ds, PairDataset) else ds.pair_lengths()
+        shared = ds.prefix_lengths() if share_prefix else None
         for lo in range(start, end, _GATHER_CHUNK):  # bounded temporaries
             hi = min(end, lo + _GATHER_CHUNK)
             lengths[lo:hi] = table[index[lo:hi]]
-        del table  # before the next dataset's table is read
+            if shared is not None:
+                prefix[lo:hi] = shared[index[lo:hi]]
+        del table, shared  # before the next dataset's tables are read
         start = end
-    return PairPool(datasets=datasets, source=source, index=index, lengths=lengths)
+    return PairPool(datasets=datasets, source=source, index=index, lengths=lengths, prefix=prefix)
 
 
 def pair_offsets(datasets: list) -> np.ndarray:
@@ -173,8 +194,9 @@ class PoolRecipe:
     def of_pool(cls, pool: PairPool, name: str = "pool") -> PoolRecipe:
         """A recipe for an already drawn pool (tests, tools): keyed on its arrays."""
         h = sha256()
-        for arr in (pool.source, pool.index, pool.lengths):
-            h.update(np.ascontiguousarray(arr).tobytes())
+        for arr in (pool.source, pool.index, pool.lengths, pool.prefix):
+            if arr is not None:
+                h.update(np.ascontiguousarray(arr).tobytes())
         return cls(name=name, datasets=pool.datasets, key={"pool_sha256": h.hexdigest()}, draw=lambda: pool)
 
 
@@ -199,7 +221,8 @@ def pool_recipes(
     """
     split = not data.valid and data.valid_fraction > 0
     weights = [s.weight for s in data.train]
-    base = {"datasets": _dataset_keys(train_sets), "seed": data.seed}
+    shared = data.share_prefix
+    base = {"datasets": _dataset_keys(train_sets), "seed": data.seed, "share_prefix": shared}
 
     def subsets(part: int) -> list[np.ndarray]:
         if not split:
@@ -211,7 +234,7 @@ def pool_recipes(
         name="train",
         datasets=train_sets,
         key={**base, "weights": weights, "split": train_split, "part": "train"},
-        draw=lambda: blend(train_sets, weights, subsets(0), data.seed),
+        draw=lambda: blend(train_sets, weights, subsets(0), data.seed, shared),
     )
     valid = None
     if valid_sets:
@@ -219,19 +242,26 @@ def pool_recipes(
         valid = PoolRecipe(
             name="valid",
             datasets=valid_sets,
-            key={"datasets": _dataset_keys(valid_sets), "seed": data.seed, "weights": sizes, "split": "all"},
+            key={
+                "datasets": _dataset_keys(valid_sets),
+                "seed": data.seed,
+                "share_prefix": shared,
+                "weights": sizes,
+                "split": "all",
+            },
             draw=lambda: blend(
                 valid_sets,
                 sizes,
                 [np.arange(len(ds), dtype=_subset_dtype(len(ds))) for ds in valid_sets],
                 data.seed,
+                shared,
             ),
         )
     elif split and sum(int(round(len(ds) * data.valid_fraction)) for ds in train_sets):
 
         def draw_valid() -> PairPool:
             parts = subsets(1)
-            return blend(train_sets, [float(len(v)) or 1.0 for v in parts], parts, data.seed)
+            return blend(train_sets, [float(len(v)) or 1.0 for v in parts], parts, data.seed, shared)
 
         valid = PoolRecipe(
             name="valid",
@@ -268,6 +298,7 @@ class PairBatches:
         name: str = "train",
         global_batch_size: int | None = None,
         store: PlanStore | None = None,
+        share_prefix: bool = False,
     ):
         self.recipe = pool if isinstance(pool, PoolRecipe) else PoolRecipe.of_pool(pool, name)
         self.datasets = self.recipe.datasets
@@ -277,6 +308,7 @@ class PairBatches:
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.seed, self.window, self.shuffle = seed, window, shuffle
         self.pad_id, self.thd, self.name = pad_id, thd, name
+        self.share_prefix = share_prefix
         self.store = store or PlanStore(None)
         self._pool: PairPool | None = None
         self._plans: dict[int, EpochPlan] = {}
@@ -338,11 +370,17 @@ class PairBatches:
             "window": self.window if self.layout == "packed" else None,
             "shuffle": self.shuffle,
             "seed": self.seed,
+            "share_prefix": self.share_prefix,  # plans packed by footprint never serve unshared rows
         }
 
     def _compute(self, epoch: int, sink: PlanWriter | None = None) -> tuple[dict[str, np.ndarray], dict]:
         if self._pool is None:
             self._pool = self.recipe.draw()
+        if self.share_prefix and self._pool.prefix is None:
+            raise ConfigError(
+                f"{self.name}: data.share_prefix=true but the pool carries no shared-prefix lengths "
+                "(draw it with blend(..., share_prefix=True))"
+            )
         return compute_epoch_plan(
             self._pool,
             self.layout,
@@ -354,6 +392,7 @@ class PairBatches:
             self.id_offsets,
             workers=self.store.workers,
             sink=sink,
+            share_prefix=self.share_prefix,
         )
 
     def plan(self, epoch: int) -> EpochPlan:
@@ -418,6 +457,9 @@ class PairBatches:
         return self.datasets[d].pair(int(pair_id - self.id_offsets[d]))
 
     def _collate(self, samples: list[np.ndarray]) -> RewardBatch:
+        if self.share_prefix:  # padded: one pair per row; packed: the plan's pairs per row
+            rows = [[self.pair(int(p)) for p in s] for s in samples]
+            return collate_shared(rows, self.seq_length, pad_id=self.pad_id)
         if self.layout == "padded":
             pairs = [self.pair(int(p)) for s in samples for p in s]
             return collate_padded(pairs, self.seq_length, pad_id=self.pad_id, explicit_mask=False)

@@ -27,6 +27,15 @@ PARALLEL_MIN_PAIRS = 1 << 20
 _SCAN_CHUNK = 1 << 20  # pairs per step of sequential scans (bounded temporaries)
 
 
+def pair_footprints(chosen: np.ndarray, rejected: np.ndarray, prefix: np.ndarray) -> np.ndarray:
+    """Row tokens of shared-prefix pairs, ``chosen + rejected - prefix``, in the inputs' dtype.
+
+    :func:`megatron_polar.data.batching.shared_footprint` is the same formula, checked and widened to
+    int64; on the plan writer at 351M pairs that is ~11 GB of temporaries instead of one int32 array.
+    """
+    return chosen + rejected - prefix
+
+
 def _index_dtype(limit: int) -> np.dtype:
     """Smallest of uint32/int64 that holds values below ``limit``: the plan is 4 bytes a pair up to 4G pairs."""
     return np.dtype(np.uint32) if limit < _UINT32_LIMIT else np.dtype(np.int64)
@@ -60,6 +69,7 @@ class _EpochInputs:
 
     order: np.ndarray
     lengths: np.ndarray
+    prefix: np.ndarray | None  # shared-prefix lengths when pairs are sized by their footprint
     source: np.ndarray
     index: np.ndarray
     id_offsets: np.ndarray
@@ -88,6 +98,8 @@ def _pack_window(inp: _EpochInputs, w: int) -> tuple[np.ndarray, np.ndarray | No
     part = inp.order[lo : lo + inp.window]
     lengths = inp.lengths[part].astype(np.int64)
     total = lengths[:, 0] + lengths[:, 1]
+    if inp.prefix is not None:  # a shared-prefix pair is one segment group of its footprint
+        total = pair_footprints(lengths[:, 0], lengths[:, 1], inp.prefix[part].astype(np.int64))
     real_tokens = int(total.sum())
     offsets = None
     if inp.layout == "packed":
@@ -144,6 +156,7 @@ def compute_epoch_plan(
     *,
     workers: int = 1,
     sink: PlanWriter | None = None,
+    share_prefix: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Shuffle, drop what does not fit, pack (packed layout) and shuffle the rows of one epoch.
 
@@ -160,6 +173,8 @@ def compute_epoch_plan(
         id_offsets: :func:`~megatron_polar.data.dataset.pair_offsets` of the pool's datasets.
         workers: processes packing windows (1: this process only).
         sink: a :class:`~megatron_polar.data.plan_store.PlanWriter` to stream ``pair_ids`` into.
+        share_prefix: size every pair by its shared-prefix footprint ``chosen + rejected - prefix``
+            (one row segment group, any layout) instead of its two sequences; needs ``pool.prefix``.
 
     Returns:
         ``(arrays, meta)`` for :class:`~megatron_polar.data.plan_store.PlanStore`: ``pair_ids`` (unless
@@ -174,20 +189,24 @@ def compute_epoch_plan(
     if shuffle:
         np.random.default_rng([seed, 13, epoch]).shuffle(order)
     lengths = pool.lengths
+    prefix = pool.prefix if share_prefix else None
     # What fits a row, in pool order: a sequential scan, where testing in shuffled order would be a
     # random gather of every pair's lengths (the slowest step of the serial part). Usually nothing is
     # dropped (builds cap pairs below a row) and the order is left as it is.
     keep = np.empty(n, dtype=bool)
     for lo in range(0, n, _SCAN_CHUNK):
         pair = lengths[lo : lo + _SCAN_CHUNK].astype(np.int64)
-        size = pair.max(axis=1) if layout == "padded" else pair.sum(axis=1)
+        if prefix is not None:  # padded or packed, a shared pair is one group of its footprint
+            size = pair_footprints(pair[:, 0], pair[:, 1], prefix[lo : lo + _SCAN_CHUNK].astype(np.int64))
+        else:
+            size = pair.max(axis=1) if layout == "padded" else pair.sum(axis=1)
         keep[lo : lo + _SCAN_CHUNK] = size <= seq_length
     if not keep.all():
         order = _compact(order, keep.__getitem__, window)
     del keep
     id_dtype = _index_dtype(int(id_offsets[-1]))
     inp = _EpochInputs(
-        order, lengths, pool.source, pool.index, np.asarray(id_offsets, dtype=np.int64), id_dtype,
+        order, lengths, prefix, pool.source, pool.index, np.asarray(id_offsets, dtype=np.int64), id_dtype,
         layout, seq_length, seed, epoch, window, shuffle,
     )  # fmt: skip
     if sink is not None:
@@ -218,6 +237,7 @@ def compute_epoch_plan(
         "real_tokens": real_tokens,
         "layout": layout,
         "seq_length": seq_length,
+        "share_prefix": share_prefix,
         "build": {
             "workers": workers if n_windows > 1 and order.size >= PARALLEL_MIN_PAIRS else 1,
             "windows": n_windows,
@@ -239,6 +259,7 @@ class EpochPlan:
         self.layout, self.seq_length = meta["layout"], meta["seq_length"]
         self.samples, self.pairs = meta["samples"], meta["pairs"]
         self.dropped, self.real_tokens = meta["dropped"], meta["real_tokens"]
+        self.share_prefix = bool(meta.get("share_prefix", False))
 
     def __len__(self) -> int:
         return self.samples
@@ -253,5 +274,5 @@ class EpochPlan:
     @property
     def efficiency(self) -> float:
         """Real tokens over the tokens of all rows (padding included)."""
-        rows = len(self) * (2 if self.layout == "padded" else 1)
+        rows = len(self) * (2 if self.layout == "padded" and not self.share_prefix else 1)
         return self.real_tokens / max(1, rows * self.seq_length)

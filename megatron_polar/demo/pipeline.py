@@ -159,6 +159,7 @@ def _train_overrides(
         f"train.eval_interval={eval_interval}",
         f"train.eval_iters={s.eval_iters}",
         "train.precision=fp32",
+        "data.share_prefix=true",  # prefix | chosen suffix | rejected suffix: the prefix runs once
         f"train.seed={s.seed}",
         f"optim.lr={lr}",
         f"logging.run_dir={run_dir}",
@@ -167,6 +168,14 @@ def _train_overrides(
         "checkpoint.save_interval=0",
         "checkpoint.keep_last=1",
     ]
+
+
+def _ensure_prefix_lengths(prefixes: list[Path], run_dir: Path) -> None:
+    """Datasets reused from a demo_out built before the shared-prefix sidecar get it added in place."""
+    for prefix in prefixes:
+        if not Path(f"{prefix}.prefix.npy").exists():
+            args = ["-m", "data_tools", "add-prefix-lengths", str(prefix), "--overwrite"]
+            run_cli(args, run_dir / f"add_prefix_lengths_{prefix.name}.log")
 
 
 def _final_checkpoint(run_dir: Path) -> str:
@@ -188,6 +197,7 @@ def stage_pretrain(p: DemoPaths, s: DemoSizes) -> dict:
         s.pretrain_eval_interval,
     )
     ov.append("stage=pretrain")
+    _ensure_prefix_lengths([p.pretrain_train, p.pretrain_valid], p.pretrain_run)
     run_cli(
         torchrun_args(s.nproc, "megatron_polar.train", ov), p.pretrain_run / "train.log", echo=_echo_training
     )
@@ -201,6 +211,7 @@ def stage_finetune(p: DemoPaths, s: DemoSizes) -> dict:
     pretrained = read_done(p.pretrain_run)["checkpoint"]
     ov = _train_overrides(s, p.sft_run, p.sft_train, p.sft_valid, s.sft_steps, s.sft_lr, s.sft_eval_interval)
     ov += ["stage=sft", f"checkpoint.pretrained={pretrained}"]
+    _ensure_prefix_lengths([p.sft_train, p.sft_valid], p.sft_run)
     run_cli(torchrun_args(s.nproc, "megatron_polar.train", ov), p.sft_run / "train.log", echo=_echo_training)
     info = {"checkpoint": _final_checkpoint(p.sft_run), "pretrained": pretrained, "overrides": ov}
     mark_done(p.sft_run, info)

@@ -26,8 +26,9 @@ def open_pools(cfg: PolarConfig) -> tuple[PoolRecipe, PoolRecipe | None, dict]:
     """
     if not cfg.data.train:
         raise ConfigError("data.train is empty: pass 'data.train=[{path: <prefix>, weight: 1.0}]'")
-    train_sets = open_datasets(cfg.data.train)
-    valid_sets = open_datasets(cfg.data.valid) if cfg.data.valid else []
+    shared = cfg.data.share_prefix  # every dataset must then carry its shared-prefix sidecar
+    train_sets = open_datasets(cfg.data.train, shared)
+    valid_sets = open_datasets(cfg.data.valid, shared) if cfg.data.valid else []
     tokenizer = check_tokenizers(train_sets + valid_sets)
     train, valid = pool_recipes(cfg.data, train_sets, valid_sets)
     return train, valid, tokenizer
@@ -45,6 +46,7 @@ def batch_options(cfg: PolarConfig, topo: Topology, use_te: bool) -> dict[str, A
         window=cfg.data.pack_window,
         pad_id=0,
         thd=use_te and cfg.data.layout == "packed",
+        share_prefix=cfg.data.share_prefix,
         store=PlanStore(
             cfg.data.plan_dir or Path(cfg.logging.run_dir) / "plans",
             is_writer=topo.rank == 0,

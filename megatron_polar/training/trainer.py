@@ -131,6 +131,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ loop
     def _tokens(self, batches) -> tuple[float, float]:
+        """Tokens processed (a shared prefix once per pair) and the attention term of the step's FLOPs,
+        summed over data-parallel ranks. With shared prefixes the collator counts ``c^2 + r^2 - p^2``
+        per pair, the planner's shared attention (``planning.lengths``), so both use one formula."""
         t = torch.tensor(
             [sum(b.num_real_tokens for b in batches), sum(b.sum_sq_lengths for b in batches)],
             dtype=torch.float64,
@@ -164,7 +167,9 @@ class Trainer:
             "grad_norm": grad_norm,
             "pairs": result.pairs,
             "skipped": int(not applied),
-            "tokens_per_s": tokens / elapsed,
+            "tokens_per_s": tokens / elapsed,  # processed tokens: a shared prefix counts once
+            "pairs_per_s": pairs_per_step / elapsed,
+            "tokens_per_step": tokens,
             "tflops_per_device": flops / elapsed / self.topo.world_size / 1e12,
             "step_time_s": elapsed,
             "batch_wait_s": self._batches.last_wait_s,  # host time the step waited for its batches
@@ -234,7 +239,8 @@ class Trainer:
                 self.writer.log(self.step, metrics)
                 if self.step % cfg.logging.log_interval == 0 or self.step == 1:
                     log.info(
-                        "step %d | loss %.4f | acc %.3f | margin %.3f | lr %.3g | grad %.3f | %.0f tok/s | %.3f TFLOP/s/dev",
+                        "step %d | loss %.4f | acc %.3f | margin %.3f | lr %.3g | grad %.3f | %.0f tok/s "
+                        "| %.1f pairs/s | %.3f TFLOP/s/dev",
                         self.step,
                         metrics["loss"],
                         metrics["accuracy"],
@@ -242,6 +248,7 @@ class Trainer:
                         metrics["lr"],
                         metrics["grad_norm"],
                         metrics["tokens_per_s"],
+                        metrics["pairs_per_s"],
                         metrics["tflops_per_device"],
                     )
                 done = self.step >= self.train_iters
