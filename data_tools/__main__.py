@@ -20,6 +20,7 @@ import sys
 from data_tools.inspect_dataset import inspect, pair_records
 from data_tools.loops import LoopConfig
 from data_tools.pairing import PairConfig, run_pair, run_rank
+from data_tools.prefix_lengths import add_prefix_lengths
 from data_tools.records import DEFAULT_MAX_LINE_BYTES, InputError, RecordError
 from data_tools.sharding import ShardSpec
 from megatron_polar.data.contract import read_manifest
@@ -293,8 +294,6 @@ def _run(args: argparse.Namespace) -> None:
             )
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     elif args.command == "add-prefix-lengths":
-        from data_tools.prefix_lengths import add_prefix_lengths
-
         print(json.dumps(add_prefix_lengths(args.prefix, args.overwrite), indent=2))
     elif args.command == "inspect":
         if args.manifest:
