@@ -45,7 +45,7 @@ test-compat: $(COMPAT_STAMP) ## CPU suite on Python 3.12 + newest megatron-core/
 	PYTHONPATH=$(CURDIR) $(COMPAT_VENV)/bin/python -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 test-gpu: ## GPU-marked tests in the current Python (the container's; GPU_PYTHON=...); no venv
-	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -m gpu $(PYTEST_ARGS)
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -m gpu tests/gpu $(PYTEST_ARGS)
 
 gpu-smoke: ## One-GPU smoke run (<10 min in NVIDIA's container): prints a table, writes gpu_smoke.json
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_smoke.py --out gpu_smoke.json $(SMOKE_ARGS)

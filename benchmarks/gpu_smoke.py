@@ -4,7 +4,9 @@
     python benchmarks/gpu_smoke.py --checks versions,thd_sync --out smoke.json
 
 Each check runs in its own subprocess with a time limit: a failure or a hang is recorded and the next
-check still runs. Prints one table and writes every figure as JSON (atomically). Checks:
+check still runs. Prints one table and writes every figure as JSON (atomically); the JSON's top-level
+``measurements`` (shape_1b's steps, ``polar-step/1``) is what ``python -m megatron_polar.plan
+--calibrate gpu_smoke.json`` reads. Checks:
 
   versions      torch / TE / apex / megatron-core versions, `pip check`, picked layer spec and optimizer
   launcher_env  launch/common.sh's environment applied, then topology start-up (NCCL)
@@ -182,6 +184,68 @@ def _random_rows(total: int, pair_tokens: int, vocab: int, seed: int):
     return pairs
 
 
+def gpu_spec(name: str):
+    """The planner's figures for the GPU torch names (H800, its default, when unknown).
+
+    H200 SXM: NVLink 900 GB/s and HBM3e 4.8 TB/s (NVIDIA's H200 datasheet); H100 SXM as the planner's.
+    """
+    from dataclasses import replace
+
+    from megatron_polar.planning.performance import H100, GpuSpec
+
+    if "H200" in name:
+        return replace(H100, hbm_gb_s=4800.0)
+    if "H100" in name:
+        return H100
+    return GpuSpec()
+
+
+def step_figures(cfg, batch, elapsed: float, peak_mem_bytes: int, gpu_name: str, host_syncs: int = 0) -> dict:
+    """Figures of one timed single-GPU step of ``batch``, with its ``polar-step/1`` record for the planner.
+
+    ``tokens_per_s`` and ``mfu`` count the real tokens; the record counts every processed token (the
+    padding tail of a row included) with the attended length of the same segments, as ``--calibrate``
+    expects (:mod:`megatron_polar.planning.calibration`).
+    """
+    from megatron_polar.planning.calibration import attended_length, measurement_record
+    from megatron_polar.planning.performance import Layout
+    from megatron_polar.utils.metrics import model_flops
+
+    psp = batch.packed_seq_params
+    if psp is None:
+        raise ValueError("step_figures expects a THD batch (collate_packed(..., thd=True))")
+    segments = (psp.cu_seqlens_q[1:] - psp.cu_seqlens_q[:-1]).tolist()
+    processed = sum(segments)
+    tokens = batch.num_real_tokens
+    mfu = model_flops(cfg.model, tokens, batch.sum_sq_lengths) / elapsed / (PEAK_BF16_TFLOPS * 1e12)
+    peak_gb = peak_mem_bytes / 2**30
+    layout = Layout(
+        sequence_parallel=cfg.parallel.sequence_parallel,
+        recompute=cfg.model.recompute_granularity or "none",
+        micro_batch_tokens=processed,
+        num_micro_batches=1,
+        fp8=cfg.model.fp8 is not None,
+    )
+    record = measurement_record(
+        cfg.model,
+        layout,
+        attended_length(segments),
+        processed / elapsed,
+        gpu=gpu_spec(gpu_name),
+        gpu_name=gpu_name,
+        mfu=mfu,
+        peak_memory_gb=peak_gb,
+    )
+    return {
+        "tokens": tokens,
+        "tokens_per_s": tokens / elapsed,
+        "mfu": mfu,
+        "peak_mem_gb": peak_gb,
+        "host_syncs": host_syncs,
+        "measurement": record,
+    }
+
+
 def _one_step(overrides: list[str], seq_length: int, pair_tokens: int, sync_debug: bool = False) -> dict:
     """Build model + DDP + optimizer as training does; time one packed THD step after a warm-up."""
     import warnings
@@ -226,21 +290,17 @@ def _one_step(overrides: list[str], seq_length: int, pair_tokens: int, sync_debu
         step()
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
-    tokens = batch.num_real_tokens
-    flops = model_flops(cfg.model, tokens, batch.sum_sq_lengths)
-    out = {
-        "tokens": tokens,
-        "tokens_per_s": tokens / elapsed,
-        "mfu": flops / elapsed / (PEAK_BF16_TFLOPS * 1e12),
-        "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30,
-        "host_syncs": syncs,
-    }
+    out = step_figures(
+        cfg, batch, elapsed, torch.cuda.max_memory_allocated(), torch.cuda.get_device_name(), syncs
+    )
     topology.destroy()
     return out
 
 
 def check_thd_sync() -> dict:
-    return _one_step([], 2048, 200, sync_debug=True)
+    out = _one_step([], 2048, 200, sync_debug=True)
+    out.pop("measurement")  # a tiny model under sync debugging: no step to calibrate on
+    return out
 
 
 ONE_B = [
@@ -280,6 +340,7 @@ def check_shape_1b() -> dict:
             if plan.returncode in (0, 3) and plan.stdout.strip()
             else {"error": plan.stderr[-500:]}
         )
+        out.setdefault("measurements", []).append(measured.pop("measurement"))
         out[f"seq{seq}"] = {"measured": measured, "plan": predicted}
     return out
 
@@ -298,7 +359,9 @@ def check_local_to_te() -> dict:
 
 def check_pytest_gpu() -> dict:
     res = subprocess.run(
-        [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"],
+        # tests/gpu only: collecting the whole suite imports modules that need the dev extra
+        # (transformers), which the container does not have.
+        [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q", "-p", "no:cacheprovider"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -403,6 +466,22 @@ def write_json_atomic(path: Path, obj: dict) -> None:
     write(path, obj, default=str, newline=False)
 
 
+def build_report(results: list[dict]) -> dict:
+    """The JSON report: every check's result, and at the top level the measured steps in the format
+    ``python -m megatron_polar.plan --calibrate gpu_smoke.json`` reads (``{"measurements": [...]}``)."""
+    measurements = [
+        m
+        for r in results
+        if r.get("status") == "ok"
+        for m in (r.get("figures") or {}).get("measurements", [])
+    ]
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "checks": results,
+        "measurements": measurements,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="gpu_smoke.py",
@@ -428,9 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(run_isolated(name, CHECKS[name][1]))
         print(f"[gpu-smoke] {name}: {results[-1]['status']} ({results[-1]['seconds']:.0f} s)", flush=True)
     print(format_table(results))
-    write_json_atomic(
-        Path(args.out), {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "checks": results}
-    )
+    write_json_atomic(Path(args.out), build_report(results))
     print(f"wrote {args.out}")
     return 0 if all(r["status"] == "ok" for r in results) else 1
 

@@ -22,14 +22,17 @@ counts processed tokens of the whole job (all GPUs, padding included) in steady 
 is the token-weighted attended length of the measured rows (``2 * sum of causal pairs / tokens``; for
 rows of one causal sequence of ``s`` tokens, ``s``). ``mfu`` and ``peak_memory_gb`` are reported back,
 not fitted. ``gpu`` fields other than ``count`` default to an H800's.
+
+:func:`measurement_record` is the one writer of this format: ``benchmarks/gpu_smoke.py`` builds its
+``measurements`` with it, and it checks each record with the same parser ``--calibrate`` uses.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, fields
 
 from megatron_polar.config.schema import ModelConfig
 from megatron_polar.planning.performance import GpuSpec, Layout, fit_scale, predict_step
@@ -136,3 +139,43 @@ def fit(measurements: list[Measurement]) -> float:
     """The scale that best fits all measurements (geometric mean of each one's exact fit)."""
     scales = [m.fitted_scale() for m in measurements]
     return math.exp(sum(math.log(s) for s in scales) / len(scales))
+
+
+def attended_length(segment_lengths: Iterable[int]) -> float:
+    """``attn_length`` of rows made of causal segments: ``2 * causal pairs / processed tokens``.
+
+    Counted as the step model counts them (``l**2 / 2`` pairs per segment of ``l`` tokens, as in
+    :func:`megatron_polar.planning.lengths.length_stats`). Give every segment the kernel processes,
+    the padding tail of a packed row included, so that the tokens match ``tokens_per_s``.
+    """
+    lengths = [int(n) for n in segment_lengths]
+    if not lengths or min(lengths) <= 0:
+        raise ValueError(f"segment lengths must be positive and non-empty, got {lengths[:8]}")
+    return sum(n * n for n in lengths) / sum(lengths)
+
+
+def measurement_record(
+    model: ModelConfig,
+    layout: Layout,
+    attn_length: float,
+    tokens_per_s: float,
+    *,
+    gpu: GpuSpec = GpuSpec(),
+    gpu_name: str | None = None,
+    mfu: float | None = None,
+    peak_memory_gb: float | None = None,
+) -> dict:
+    """One measured step as a ``polar-step/1`` object, checked by the parser that ``--calibrate`` uses."""
+    record = {
+        "format": FORMAT,
+        "model": {k: int(getattr(model, k)) for k in (*_MODEL_KEYS, "vocab_size")},
+        "gpu": {"name": gpu_name, "count": layout.gpus, **asdict(gpu)},
+        "layout": asdict(layout),
+        "attn_length": float(attn_length),
+        "tokens_per_s": float(tokens_per_s),
+        "mfu": None if mfu is None else float(mfu),
+        "peak_memory_gb": None if peak_memory_gb is None else float(peak_memory_gb),
+    }
+    # A record the reader would refuse fails here, where it is made, not in a later --calibrate.
+    parse_measurement(json.loads(json.dumps(record)), "measurement_record")
+    return record
