@@ -284,7 +284,7 @@ def _run(args: argparse.Namespace) -> None:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     elif args.command == "inspect":
         if args.manifest:
-            print(json.dumps(read_manifest(args.prefix), indent=2, ensure_ascii=False))
+            print(json.dumps(read_manifest(args.prefix).to_dict(), indent=2, ensure_ascii=False))
         elif args.json:
             for record in pair_records(args.prefix, args.start, args.samples):
                 sys.stdout.write(json.dumps(record) + "\n")
