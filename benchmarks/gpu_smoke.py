@@ -256,7 +256,6 @@ def _one_step(overrides: list[str], seq_length: int, pair_tokens: int, sync_debu
     from megatron_polar.data.batching import collate_packed
     from megatron_polar.model.builder import build_model_chunks
     from megatron_polar.parallel import topology
-    from megatron_polar.planning.flops import model_flops
     from megatron_polar.training.forward_step import forward_backward
     from megatron_polar.training.setup import build_optimizer, wrap_ddp
 

@@ -297,7 +297,7 @@ def _run(args: argparse.Namespace) -> None:
         print(json.dumps(add_prefix_lengths(args.prefix, args.overwrite), indent=2))
     elif args.command == "inspect":
         if args.manifest:
-            print(json.dumps(read_manifest(args.prefix), indent=2, ensure_ascii=False))
+            print(json.dumps(read_manifest(args.prefix).to_dict(), indent=2, ensure_ascii=False))
         elif args.json:
             for record in pair_records(args.prefix, args.start, args.samples):
                 sys.stdout.write(json.dumps(record) + "\n")

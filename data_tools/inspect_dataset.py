@@ -39,14 +39,13 @@ def _short(text: str, max_chars: int) -> str:
 def summary_lines(ds: PairDataset) -> list[str]:
     """Human-readable manifest statistics."""
     m = ds.manifest
-    c, t = m["counts"], m["tokens"]
+    c, t, tok = m.counts, m.tokens, m.tokenizer
     lengths = ds.pair_lengths()
     lines = [
-        f"dataset   {ds.prefix}  (format v{m['format_version']}, {m['dtype']}, {len(ds)} pairs)",
-        f"tokenizer {m['tokenizer']['kind']} {m['tokenizer']['path']} vocab={m['tokenizer']['vocab_size']} "
-        f"bos={m['tokenizer']['bos_id']} split={m['tokenizer']['split_token_id']} "
-        f"reward={m['tokenizer']['reward_token_id']}",
-        f"limits    max_length={m['max_length']} max_response_length={m['max_response_length']}",
+        f"dataset   {ds.prefix}  (format v{m.format_version}, {m.dtype}, {len(ds)} pairs)",
+        f"tokenizer {tok['kind']} {tok['path']} vocab={tok['vocab_size']} "
+        f"bos={tok['bos_id']} split={m.split_token_id} reward={m.reward_token_id}",
+        f"limits    max_length={m.max_length} max_response_length={m.max_response_length}",
         f"rows      read={c['rows_read']} pairs={c['pairs_written']} skipped={c['skipped_total']} "
         f"truncated={c['truncated_pairs']}",
     ]
@@ -88,7 +87,7 @@ def inspect(
     ds = open_pair_dataset(prefix)
     lines = summary_lines(ds)
     if samples > 0 and len(ds):
-        info = ds.manifest["tokenizer"]
+        info = ds.manifest.tokenizer
         tok = load_tokenizer(
             tokenizer or info["path"],
             split_token_id=info["split_token_id"],

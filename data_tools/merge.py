@@ -31,7 +31,7 @@ logger = get_logger(__name__)
 _SAME = ("format", "format_version", "tokenizer", "dtype", "max_length", "max_response_length")
 
 
-def _shard_manifests(prefix: str, count: int) -> list[dict]:
+def _shard_manifests(prefix: str, count: int) -> list[contract.DatasetManifest]:
     manifests, missing = [], []
     for i in range(count):
         try:
@@ -43,7 +43,7 @@ def _shard_manifests(prefix: str, count: int) -> list[dict]:
             f"{len(missing)} of {count} shards are missing or incomplete: " + "; ".join(missing[:5])
         )
     for i, m in enumerate(manifests):
-        shard = m.get("shard") or {}
+        shard = m.shard or {}
         if shard.get("index") != i or shard.get("count") != count:
             raise ValueError(
                 f"{contract.manifest_path(shard_prefix(prefix, i, count))}: not shard {i} of {count}"
@@ -53,17 +53,17 @@ def _shard_manifests(prefix: str, count: int) -> list[dict]:
                 raise ValueError(
                     f"shard {i} differs from shard 0 in {key!r}: {m.get(key)!r} vs {manifests[0].get(key)!r}"
                 )
-        if len(m["inputs"]) != len(shard.get("ranges", [])):
+        if len(m.inputs) != len(shard.get("ranges", [])):
             raise ValueError(f"shard {i}: its inputs and byte ranges disagree")
     return manifests
 
 
-def _merged_inputs(manifests: list[dict]) -> list[dict]:
+def _merged_inputs(manifests: list[contract.DatasetManifest]) -> list[dict]:
     """One entry per input file: the hash where one shard read the whole file, the line count from the
     shard that reached its end."""
     merged: dict[str, dict] = {}
     for m in manifests:
-        for info, rng in zip(m["inputs"], m["shard"]["ranges"]):
+        for info, rng in zip(m.inputs, m.shard["ranges"]):
             entry = merged.setdefault(info["path"], {**info, "sha256": None, "lines": 0})
             if rng["whole"]:
                 entry["sha256"] = info["sha256"]
@@ -71,12 +71,12 @@ def _merged_inputs(manifests: list[dict]) -> list[dict]:
     return list(merged.values())
 
 
-def _merged_counts(manifests: list[dict], max_examples: int) -> dict:
+def _merged_counts(manifests: list[contract.DatasetManifest], max_examples: int) -> dict:
     bad = BadRows(max_examples=max_examples)
     truncated: dict[str, int] = {}
     rows = pairs = 0
     for m in manifests:  # in shard (= input) order, so the kept examples are the earliest ones
-        c = m["counts"]
+        c = m.counts
         rows += c["rows_read"]
         pairs += c["pairs_written"]
         for k, v in c["truncated_pairs"].items():
@@ -135,28 +135,28 @@ def merge_build(prefix: str, count: int, overwrite: bool = False, remove_shards:
         "prefix": contract.prefix_lengths_path(tmp_prefix),
         "manifest": contract.manifest_path(tmp_prefix),
     }
-    dtype = np.dtype(manifests[0]["dtype"])
+    dtype = np.dtype(manifests[0].dtype)
     try:
         builder = CompactIndexedDatasetBuilder(tmp["bin"], dtype=dtype.type)
         for i, m in enumerate(manifests):
-            if m["counts"]["pairs_written"]:  # megatron cannot map an empty shard's .bin; nothing to add
+            if m.pairs_written:  # megatron cannot map an empty shard's .bin; nothing to add
                 builder.add_index(shard_prefix(prefix, i, count))
         builder.finalize(tmp["idx"])
         lengths = builder_lengths(builder)
         write_prefix_file(tmp["prefix"], (np.load(p, mmap_mode="r") for p in shard_sidecars), len(lengths))
-        max_examples = manifests[0]["shard"].get("max_examples", 5)
-        manifest = {k: v for k, v in manifests[0].items() if k != "shard"}
+        max_examples = manifests[0].shard.get("max_examples", 5)
+        manifest = {k: v for k, v in manifests[0].to_dict().items() if k != "shard"}
         manifest.update(
             created_unix=time.time(),
             inputs=_merged_inputs(manifests),
             counts=_merged_counts(manifests, max_examples),
-            **length_stats(lengths, manifests[0]["max_length"]),
+            **length_stats(lengths, manifests[0].max_length),
             prefix_lengths=prefix_lengths_entry(lengths, np.load(tmp["prefix"], mmap_mode="r")),
         )
         manifest["build"] = {
             "shards": count,
-            "shard_seconds": [m["build"]["seconds"] for m in manifests],
-            "encoded_tokens": sum(m["build"]["encoded_tokens"] for m in manifests),
+            "shard_seconds": [m.build["seconds"] for m in manifests],
+            "encoded_tokens": sum(m.build["encoded_tokens"] for m in manifests),
             "merge_seconds": round(time.perf_counter() - start, 3),
             "main_peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         }

@@ -187,6 +187,12 @@ def test_the_import_contract_holds():
     assert not found, "import contract broken:\n" + "\n".join(found)
 
 
+def test_every_package_has_a_floor():
+    """A new package must be placed on a floor here; otherwise it would pass as an entry point."""
+    packages = {p.parent.name for p in (ROOT / "megatron_polar").glob("*/__init__.py")}
+    assert packages <= set(FLOORS), f"add to FLOORS in {__file__}: {sorted(packages - set(FLOORS))}"
+
+
 def test_the_check_catches_planted_violations(tmp_path):
     """A planted upward import, function-body import and distributed import each fail, named by file,
     line and rule; a legal import passes."""

@@ -25,9 +25,12 @@ any row length and both the packed and the padded layouts.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +74,107 @@ def add_prefix_lengths_command(prefix: str) -> str:
     return f"python -m data_tools add-prefix-lengths {prefix}"
 
 
-def read_manifest(prefix: str) -> dict:
+class DatasetManifest(Mapping[str, Any]):
+    """``<prefix>.manifest.json`` as read: typed accessors for what the readers use, the JSON as written.
+
+    ``data_tools build`` and ``merge`` write the document (its JSON is unchanged by this class); the
+    training data, ``inspect``, ``merge`` and the demo read it through here. An accessor whose key is
+    missing or of the wrong type raises :class:`DatasetError` naming the file and the key. It is also a
+    read-only mapping of the document's top-level keys, and :meth:`to_dict` gives a copy to modify.
+    """
+
+    def __init__(self, document: dict, source: str = "<manifest>") -> None:
+        self._doc = document
+        self.source = source
+
+    def _get(self, *keys: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
+        node: Any = self._doc
+        for key in keys:
+            if not isinstance(node, dict) or key not in node:
+                if optional:
+                    return None
+                raise DatasetError(f"{self.source}: manifest has no {'.'.join(keys)!r}")
+            node = node[key]
+        if not isinstance(node, kind) or (isinstance(node, bool) and kind is int):
+            raise DatasetError(f"{self.source}: manifest {'.'.join(keys)!r} is {node!r}, not {kind}")
+        return node
+
+    # Mapping over the top-level keys (the JSON document, read-only).
+    def __getitem__(self, key: str) -> Any:
+        return self._doc[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._doc)
+
+    def __len__(self) -> int:
+        return len(self._doc)
+
+    def to_dict(self) -> dict:
+        """A deep copy of the JSON document."""
+        return copy.deepcopy(self._doc)
+
+    @property
+    def format_version(self) -> int:
+        return self._get("format_version", kind=int)
+
+    @property
+    def dtype(self) -> str:
+        """numpy name of the token dtype (``uint16`` or ``int32``)."""
+        return self._get("dtype", kind=str)
+
+    @property
+    def max_length(self) -> int:
+        return self._get("max_length", kind=int)
+
+    @property
+    def max_response_length(self) -> int:
+        return self._get("max_response_length", kind=int)
+
+    @property
+    def tokenizer(self) -> dict:
+        """``tokenizer.describe()`` of the build: kind, path, vocab_size, bos_id, split/reward token ids."""
+        return self._get("tokenizer", kind=dict)
+
+    @property
+    def reward_token_id(self) -> int:
+        return self._get("tokenizer", "reward_token_id", kind=int)
+
+    @property
+    def split_token_id(self) -> int:
+        return self._get("tokenizer", "split_token_id", kind=int)
+
+    @property
+    def counts(self) -> dict:
+        """rows_read, pairs_written, skipped (by reason), skipped_total, truncated_pairs."""
+        return self._get("counts", kind=dict)
+
+    @property
+    def pairs_written(self) -> int | None:
+        """Pairs in the dataset; None for a manifest that does not say."""
+        return self._get("counts", "pairs_written", kind=int, optional=True)
+
+    @property
+    def tokens(self) -> dict:
+        """total, max_sequence, mean_pair."""
+        return self._get("tokens", kind=dict)
+
+    @property
+    def inputs(self) -> list[dict]:
+        """One entry per input file: path, size, mtime, sha256, lines."""
+        return self._get("inputs", kind=list)
+
+    @property
+    def shard(self) -> dict | None:
+        """Shard index, count and input ranges of a sharded build; None for a whole build."""
+        return self._get("shard", kind=dict, optional=True)
+
+    @property
+    def build(self) -> dict:
+        """Build settings and timings (workers, seconds, encoded_tokens, ...)."""
+        return self._get("build", kind=dict)
+
+
+def read_manifest(prefix: str) -> DatasetManifest:
     """Load and check ``<prefix>.manifest.json``.
 
     Raises:
@@ -92,7 +195,7 @@ def read_manifest(prefix: str) -> dict:
             f"{path}: format version {manifest.get('format_version')!r}, this code reads {FORMAT_VERSION}"
             " (version 2 holds the released whole-string ids: rebuild with python -m data_tools build)"
         )
-    return manifest
+    return DatasetManifest(manifest, path)
 
 
 @dataclass
@@ -100,7 +203,7 @@ class PairDataset:
     """Read-only, mmap-backed view of a built pair dataset."""
 
     prefix: str
-    manifest: dict
+    manifest: DatasetManifest
     indexed: object  # megatron.core.datasets.indexed_dataset.IndexedDataset
 
     def __len__(self) -> int:
@@ -155,7 +258,7 @@ class PairDataset:
     @property
     def reward_token_id(self) -> int:
         """The id every sequence ends with."""
-        return int(self.manifest["tokenizer"]["reward_token_id"])
+        return self.manifest.reward_token_id
 
 
 def shared_prefix_length(chosen: np.ndarray, rejected: np.ndarray) -> int:

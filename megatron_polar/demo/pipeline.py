@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from megatron_polar.checkpoint import manager
+from megatron_polar.data.contract import read_manifest
 from megatron_polar.data.tokenizer import train_sentencepiece
 from megatron_polar.demo import counting, in_process_scoring, policies
 from megatron_polar.demo.stages import (
@@ -131,11 +132,11 @@ def stage_data(p: DemoPaths, s: DemoSizes) -> dict:
         )
     info = {"tokenizer": tok}
     for _, prefix in builds:
-        manifest = json.loads(Path(f"{prefix}.manifest.json").read_text())
+        manifest = read_manifest(str(prefix))
         info[prefix.name] = {
             "prefix": str(prefix),
-            "pairs": manifest["counts"]["pairs_written"],
-            "tokens": manifest["tokens"]["total"],
+            "pairs": manifest.pairs_written,
+            "tokens": manifest.tokens["total"],
         }
         log.info(
             "%s: %d pairs, %d tokens", prefix.name, info[prefix.name]["pairs"], info[prefix.name]["tokens"]

@@ -140,8 +140,8 @@ def test_a_pool_without_prefixes_is_refused_by_name():
 
 def test_dataset_without_sidecar_fails_at_open_naming_file_and_fix(tmp_path, sp_tok):
     from data_tools.build import BuildConfig, build_dataset
-    from tests.support.text_data import make_triples, write_jsonl
     from tests.data_tools.test_prefix_lengths import _strip_sidecar
+    from tests.support.text_data import make_triples, write_jsonl
 
     src = write_jsonl(tmp_path / "t.jsonl", make_triples(12))
     prefix = str(tmp_path / "old")
