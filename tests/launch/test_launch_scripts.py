@@ -102,6 +102,7 @@ def test_sbatch_header_requests_signal_and_requeue(name):
 # ---- DRY_RUN -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nodes", [2, 114])
 @pytest.mark.parametrize("name", SLURM_SCRIPTS)
 def test_dry_run_layout_and_ranks(name, nodes, tmp_path):
@@ -152,6 +153,7 @@ def test_dry_run_layout_and_ranks(name, nodes, tmp_path):
     assert not (tmp_path / "srun.calls").exists(), "DRY_RUN must not call srun"
 
 
+@pytest.mark.slow
 def test_dry_run_container_flags(tmp_path):
     env = slurm_env(tmp_path, 2)
     env.update(DRY_RUN="1", CONTAINER_MOUNTS="/data:/data,/ckpt:/ckpt")
@@ -169,6 +171,7 @@ def test_dry_run_container_flags(tmp_path):
     assert not [a for a in srun if a.startswith("--container")]
 
 
+@pytest.mark.slow
 def test_dry_run_rejects_a_bad_override(tmp_path):
     env = slurm_env(tmp_path, 2)
     env["DRY_RUN"] = "1"
@@ -177,6 +180,7 @@ def test_dry_run_rejects_a_bad_override(tmp_path):
     assert "train.lr" in res.stdout
 
 
+@pytest.mark.slow
 def test_local_dry_run_cpu(tmp_path):
     env = slurm_env(tmp_path, 1)
     env.update(DRY_RUN="1", NPROC="2")
@@ -206,6 +210,7 @@ def _ranks(tmp_path: Path, world: int) -> list[dict]:
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
 
 
+@pytest.mark.slow
 def test_launch_sets_torch_env_per_rank(tmp_path):
     env = _launch_env(tmp_path)
     res = run_script("sft_1_8b", env, "train.global_batch_size=8")
@@ -247,6 +252,7 @@ def _start_and_signal(tmp_path: Path, sig: signal.Signals) -> tuple[int, list[di
     return proc.returncode, _ranks(tmp_path, 4)
 
 
+@pytest.mark.slow
 def test_usr1_reaches_every_rank_and_requeues(tmp_path):
     rc, ranks = _start_and_signal(tmp_path, signal.SIGUSR1)
     assert rc == 0
@@ -255,6 +261,7 @@ def test_usr1_reaches_every_rank_and_requeues(tmp_path):
     assert calls == [["requeue", "31337"]]
 
 
+@pytest.mark.slow
 def test_term_is_forwarded_without_requeue(tmp_path):
     rc, ranks = _start_and_signal(tmp_path, signal.SIGTERM)
     assert rc == 0

@@ -8,6 +8,10 @@ from tests.support.launcher import run_distributed
 from tests.support.training_runs import base_overrides, read_metrics, train_worker
 
 pytestmark = pytest.mark.distributed
+# 80 steps, not 160, measured: the loss drops by 0.34 at TP=1 and at TP2 x PP2 (bound 0.15), training
+# accuracy rises by 0.37 / 0.28 (bound 0.1), validation accuracy ends at 0.81 / 0.73 (bound 0.65; TP2 x PP2
+# also ends at 0.73 after 100 steps). The 4-rank run on 2 cores costs half as much.
+STEPS = 80
 
 
 def _first_last(losses, k=20):
@@ -19,9 +23,11 @@ def _first_last(losses, k=20):
 )
 def test_loss_falls_and_accuracy_rises(task, tmp_path, world, layout):
     run_dir = tmp_path / "run"
-    results = run_distributed(train_worker, world, base_overrides(task, run_dir, 160, [layout]), timeout=540)
+    results = run_distributed(
+        train_worker, world, base_overrides(task, run_dir, STEPS, [layout]), timeout=540
+    )
     train = read_metrics(run_dir)
-    assert [r["step"] for r in train] == list(range(1, 161))
+    assert [r["step"] for r in train] == list(range(1, STEPS + 1))
     first, last = _first_last([r["loss"] for r in train])
     assert first == pytest.approx(0.693, abs=0.02)  # zero reward head: every pair starts at log 2
     assert last < first - 0.15, (first, last)

@@ -41,14 +41,21 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
 
 def test_sigterm_then_resume_matches_uninterrupted_run(task, tmp_path):
     extra = ["parallel.use_distributed_optimizer=true", "optim.lr=1e-3"]
+    # The uninterrupted run and the one to be interrupted are independent one-process runs: start both
+    # at once so the second core is not idle (each sets OMP_NUM_THREADS=1).
     straight = tmp_path / "straight"
-    _finish(train_cli(base_overrides(task, straight, STEPS, extra)))
+    straight_proc = train_cli(base_overrides(task, straight, STEPS, extra))
 
-    broken = tmp_path / "broken"
-    proc = train_cli(base_overrides(task, broken, STEPS, extra))
-    _wait_for_step(proc, broken, STEPS // 2)
-    proc.send_signal(signal.SIGTERM)
-    out = _finish(proc)
+    try:
+        broken = tmp_path / "broken"
+        proc = train_cli(base_overrides(task, broken, STEPS, extra))
+        _wait_for_step(proc, broken, STEPS // 2)
+        proc.send_signal(signal.SIGTERM)
+        out = _finish(proc)
+        _finish(straight_proc)
+    finally:
+        if straight_proc.poll() is None:
+            straight_proc.kill()
     assert "save and exit" in out
     stopped = manager.read_train_state(broken / "checkpoints")["step"]
     assert STEPS // 2 <= stopped < STEPS, "the run must stop early on SIGTERM, with a checkpoint"
