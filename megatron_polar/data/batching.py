@@ -9,7 +9,7 @@ is scored. Rows are always ``seq_length`` long so pipeline stages exchange fixed
   restart at every sequence.
 * shared: whole pairs packed into rows, each pair laid out ``prefix | chosen suffix | rejected suffix``
   so the prefix the two sequences share is computed once (:func:`collate_shared`,
-  :class:`~megatron_polar.data.batch.SharedPrefixParams`; docs/shared_prefix.md draws the layout).
+  :class:`~megatron_polar.data.batch.SharedPrefixParams`; docs/shared_prefix_attention.md draws the layout).
 """
 
 from __future__ import annotations
@@ -144,6 +144,34 @@ def collate_shared(rows: Sequence[Sequence[Pair]], seq_length: int, pad_id: int 
     suffix of ``lq`` queries over ``lk = p + lq`` keys has ``lq*p + lq*(lq+1)/2`` pairs, that is
     ``lk**2 - p**2`` in that unit, so a pair counts ``chosen**2 + rejected**2 - p**2``.
     """
+    groups = []
+    for r, row in enumerate(rows):
+        group_row = []
+        for k, (chosen, rejected) in enumerate(row):
+            c = np.asarray(chosen, dtype=np.int64)
+            j = np.asarray(rejected, dtype=np.int64)
+            if len(c) == 0 or len(j) == 0:
+                raise ValueError(f"shared-prefix row {r}, pair {k}: empty chosen or rejected sequence")
+            group_row.append((shared_prefix_length(c, j), (c, j)))
+        groups.append(group_row)
+    batch = collate_prefix_groups(groups, seq_length, pad_id, unit="pair")
+    batch.reward_index = batch.reward_index.view(-1, 2)  # each pair's two members: chosen, rejected
+    return batch
+
+
+def collate_prefix_groups(
+    rows: Sequence[Sequence[tuple[int, Sequence[Sequence[int]]]]],
+    seq_length: int,
+    pad_id: int = 0,
+    unit: str = "group",
+) -> RewardBatch:
+    """Rows of prefix groups ``(p, members)``: the members' common first ``p`` ids placed once, then each
+    member's suffix (at least one token each), every suffix attending to the prefix and itself.
+
+    The layout of :func:`collate_shared` (a pair is a group of two) for any number of members, as the
+    scorer groups the candidates of one prompt. ``reward_index`` is ``[members, 1]`` in row order;
+    ``unit`` names a group in the overflow error.
+    """
     n_rows = len(rows)
     tokens = torch.full((n_rows, seq_length), pad_id, dtype=torch.long)
     positions = np.zeros((n_rows, seq_length), dtype=np.int64)
@@ -161,32 +189,33 @@ def collate_shared(rows: Sequence[Sequence[Pair]], seq_length: int, pad_id: int 
 
     for r, row in enumerate(rows):
         base, col = r * seq_length, 0
-        for k, (chosen, rejected) in enumerate(row):
-            c = np.asarray(chosen, dtype=np.int64)
-            j = np.asarray(rejected, dtype=np.int64)
-            if len(c) == 0 or len(j) == 0:
-                raise ValueError(f"shared-prefix row {r}, pair {k}: empty chosen or rejected sequence")
-            p = shared_prefix_length(c, j)
-            need = shared_footprint(len(c), len(j), p)
+        for k, (p, members) in enumerate(row):
+            seqs = [np.asarray(m, dtype=np.int64) for m in members]
+            if p < 0 or any(len(m) <= p for m in seqs):
+                raise ValueError(
+                    f"shared-prefix row {r}, {unit} {k}: the prefix of {p} leaves a member empty"
+                )
+            need = p + sum(len(m) - p for m in seqs)
             if col + need > seq_length:
                 raise ValueError(
-                    f"shared-prefix row {r} overflows data.seq_length={seq_length}: pair {k} needs {need} "
+                    f"shared-prefix row {r} overflows data.seq_length={seq_length}: {unit} {k} needs {need} "
                     f"tokens from column {col}"
                 )
             prefix = (base + col, base + col + p)
-            tokens[r, col : col + p] = torch.from_numpy(c[:p])
+            tokens[r, col : col + p] = torch.from_numpy(seqs[0][:p])
             positions[r, col : col + p] = np.arange(p)
             if p:
                 add_segment(*prefix, [prefix])
             col += p
-            for seq in (c, j):
+            for seq in seqs:
                 n = len(seq) - p
                 tokens[r, col : col + n] = torch.from_numpy(seq[p:])
                 positions[r, col : col + n] = np.arange(p, len(seq))
                 add_segment(base + col, base + col + n, [prefix, (base + col, base + col + n)])
                 reward_index.append(base + col + n - 1)
                 col += n
-            sq += len(c) ** 2 + len(j) ** 2 - p * p
+                sq += len(seq) ** 2 - p * p
+            sq += p * p
         real += col
         if col < seq_length:  # the padding tail attends only to itself
             positions[r, col:] = np.arange(seq_length - col)
@@ -208,7 +237,7 @@ def collate_shared(rows: Sequence[Sequence[Pair]], seq_length: int, pad_id: int 
     return RewardBatch(
         tokens=tokens.view(1, -1),
         position_ids=flat_positions,
-        reward_index=torch.tensor(reward_index, dtype=torch.long).view(-1, 2),
+        reward_index=torch.tensor(reward_index, dtype=torch.long).view(-1, 1),
         packed_seq_params=psp,
         num_real_tokens=real,
         sum_sq_lengths=sq,

@@ -52,7 +52,7 @@ def add_scorer_args(parser: argparse.ArgumentParser) -> None:
         default="auto",
         choices=("auto", "on", "off"),
         help="score sequences with a common prefix (candidates of one prompt and reference) in shared rows "
-        "that compute the prefix once; auto: on with the local attention spec, off with Transformer Engine",
+        "that compute the prefix once; auto (the default) is on, with either attention spec",
     )
     g.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"

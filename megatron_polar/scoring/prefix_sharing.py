@@ -13,8 +13,9 @@ another suffix; position ids continue from the prefix inside every suffix. Each 
 state is therefore exactly the one it would get alone (up to the rounding of different matrix shapes),
 while the prefix's layers run once instead of once per member.
 
-The mask is explicit (``[rows, 1, s, s]``, True = masked), so shared rows need core attention that takes
-arbitrary masks: the local spec's SDPA attention, not Transformer Engine's THD path.
+The row is the training layout of shared prefixes (``data.batching.collate_prefix_groups``): query
+segments with their own key segments (``SharedPrefixParams``), run as variable-length attention by
+either spec's core attention (``model/shared_prefix_attention.py``), with no ``s x s`` mask.
 """
 
 from __future__ import annotations
@@ -23,10 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import torch
-
 from megatron_polar.data.batch import RewardBatch
+from megatron_polar.data.batching import collate_prefix_groups
 from megatron_polar.scoring.collate import padded_length
 
 
@@ -68,9 +67,9 @@ def attention_weight(config: Any) -> float:
     return 4 * q / linear  # q.k and the weighted sum of v
 
 
-def _row_cost(width: int, weight: float) -> float:
-    # An explicit mask lets no kernel skip the masked half: every (query, key) pair of the row is paid.
-    return width + weight * width * width
+def _row_cost(width: int, sum_sq: int, members: int, prefix: int, weight: float) -> float:
+    # Varlen attention pays the causal pairs only: the prefix's p**2/2, and (len**2 - p**2)/2 per suffix.
+    return width + weight * (sum_sq - (members - 1) * prefix * prefix) / 2
 
 
 def _alone_cost(n: int, weight: float) -> float:
@@ -100,20 +99,20 @@ def plan_shared_rows(
     w = attention_weight
     sequences = [s if isinstance(s, list) else list(s) for s in sequences]  # tuples, arrays: compare as lists
     order = sorted(range(len(sequences)), key=lambda i: sequences[i])
-    runs: list[tuple[list[int], int, int, float]] = []  # (members, prefix, member tokens, cost)
+    runs: list[tuple[list[int], int, int, int, float]] = []  # (members, prefix, tokens, sum of len**2, cost)
     for i in order:
         n = len(sequences[i])
         if runs:
-            members, p, total, cost = runs[-1]
+            members, p, total, sum_sq, cost = runs[-1]
             shared = min(p, common_prefix_length(sequences[members[-1]], sequences[i]), n - 1)
             width = total + n - len(members) * shared
-            joined = _row_cost(width, w)
+            joined = _row_cost(width, sum_sq + n * n, len(members) + 1, shared, w)
             if shared >= min_prefix and width <= max_row_tokens and joined <= cost + _alone_cost(n, w):
-                runs[-1] = (members + [i], shared, total + n, joined)
+                runs[-1] = (members + [i], shared, total + n, sum_sq + n * n, joined)
                 continue
-        runs.append(([i], n - 1, n, _alone_cost(n, w)))
+        runs.append(([i], n - 1, n, n * n, _alone_cost(n, w)))
     rows, alone = [], []
-    for members, p, total, _ in runs:
+    for members, p, total, _, _ in runs:
         if len(members) == 1:
             alone.append(members[0])
         else:
@@ -126,47 +125,16 @@ def collate_shared_rows(
     rows: Sequence[SharedRow],
     pad_multiple: int = 1,
     pad_id: int = 0,
-    device: torch.device | str = "cpu",
 ) -> tuple[RewardBatch, list[int]]:
-    """The batch of ``rows`` (right-padded to the widest) and the sequence index of each reward.
+    """The batch of ``rows`` (each right-padded to the widest) and the sequence index of each reward.
 
     ``reward_index`` is ``[n, 1]``, one entry per member at its last token, in the order of the returned
-    indices. The ``[rows, 1, s, s]`` mask is built on ``device`` from per-token segment ids, so only
-    ``[rows, s]`` tensors cross to an accelerator.
+    indices. Rows lie end to end as one THD stream described by ``SharedPrefixParams``; only ``[t]``-sized
+    index tensors are built, whatever the row width.
     """
     if not rows:
         raise ValueError("collate_shared_rows needs at least one row")
     width = padded_length(max(r.width for r in rows), pad_multiple)
-    tokens = np.full((len(rows), width), pad_id, dtype=np.int64)
-    positions = np.zeros((len(rows), width), dtype=np.int64)
-    segment = np.full((len(rows), width), -1, dtype=np.int64)  # 0 prefix, k suffix k, -1 padding
-    ends, owners = [], []
-    for r, row in enumerate(rows):
-        p = row.prefix
-        tokens[r, :p] = sequences[row.members[0]][:p]
-        positions[r, :p] = np.arange(p)
-        segment[r, :p] = 0
-        at = p
-        for k, i in enumerate(row.members, start=1):
-            suffix = sequences[i][p:]
-            n = len(suffix)
-            tokens[r, at : at + n] = suffix
-            positions[r, at : at + n] = np.arange(p, p + n)
-            segment[r, at : at + n] = k
-            at += n
-            ends.append(r * width + at - 1)
-            owners.append(i)
-    seg = torch.from_numpy(segment).to(device)
-    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-    seg_q, seg_k = seg[:, :, None], seg[:, None, :]
-    visible = causal & ((seg_k == 0) | (seg_k == seg_q))  # padding (-1) sees itself: no empty rows
-    return (
-        RewardBatch(
-            tokens=torch.from_numpy(tokens),
-            position_ids=torch.from_numpy(positions),
-            reward_index=torch.tensor(ends, dtype=torch.int64).view(-1, 1),
-            attention_mask=(~visible).unsqueeze(1),
-            num_real_tokens=sum(r.width for r in rows),
-        ),
-        owners,
-    )
+    groups = [[(row.prefix, [sequences[i] for i in row.members])] for row in rows]
+    batch = collate_prefix_groups(groups, width, pad_id, unit="prefix group")
+    return batch, [i for row in rows for i in row.members]

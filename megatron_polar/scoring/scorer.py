@@ -11,7 +11,7 @@ encoder ``data_tools build`` uses, each sequence on its own prompt length); the 
 the candidates are measured once per request. All sequences of a call are scored together in
 length-sorted micro-batches bounded by a token budget, and results come back in the caller's order.
 Sequences that start alike (the candidates of one prompt and reference) share one row that computes
-their common prefix once (``prefix_sharing``), with the local attention spec.
+their common prefix once (``prefix_sharing``), on either attention spec.
 With several references the reward is their mean (the paper's suggested variance reduction), and the
 spread is reported by :meth:`PolarScorer.score_detailed`.
 """
@@ -34,7 +34,6 @@ from megatron_polar.checkpoint.model_loading import (
 )
 from megatron_polar.data.batch import RewardBatch
 from megatron_polar.data.format import MIN_PROMPT_ROOM, RESERVED_TOKENS, encode_candidates
-from megatron_polar.model.builder import takes_attention_masks
 from megatron_polar.model.reward_model import PolarRewardModel
 from megatron_polar.parallel import cpu_backend
 from megatron_polar.scoring.collate import collate_sequences, plan_micro_batches
@@ -107,8 +106,7 @@ class PolarScorer:
     Not thread-safe for concurrent forward passes: the server gives the model to one worker thread;
     :meth:`encode` (tokenisation only) may run on any thread.
 
-    Shared prefixes: ``share_prefix`` (default: whenever the model's attention takes explicit masks, i.e.
-    the local spec) scores sequences sharing at least ``min_shared_prefix`` leading tokens in shared rows
+    Shared prefixes: ``share_prefix`` (default on, either spec) scores sequences sharing at least ``min_shared_prefix`` leading tokens in shared rows
     of at most ``shared_row_tokens`` tokens; see :mod:`megatron_polar.scoring.prefix_sharing`.
     """
 
@@ -143,13 +141,8 @@ class PolarScorer:
         self.pad_multiple = pad_multiple or (16 if self.device.type == "cuda" else 1)
         self.batch_overhead_tokens = batch_overhead_tokens
         self.explicit_mask = explicit_mask
-        if share_prefix is None:
-            share_prefix = takes_attention_masks(model)
-        elif share_prefix and not takes_attention_masks(model):
-            raise ValueError(
-                "share_prefix needs the local attention spec (explicit masks), not Transformer Engine"
-            )
-        self.share_prefix = share_prefix
+        # Shared rows run as variable-length attention on either spec (model/shared_prefix_attention.py).
+        self.share_prefix = True if share_prefix is None else share_prefix
         self.min_shared_prefix = min_shared_prefix
         self.shared_row_tokens = shared_row_tokens
         self.attention_weight = attention_weight(model.config)
@@ -282,9 +275,7 @@ class PolarScorer:
             )
             self._run(batch, idx, rewards)
         for plan in self._plan([r.width for r in rows]):
-            batch, idx = collate_shared_rows(
-                sequences, [rows[j] for j in plan], self.pad_multiple, device=self.device
-            )
+            batch, idx = collate_shared_rows(sequences, [rows[j] for j in plan], self.pad_multiple)
             self._run(batch, idx, rewards)
         return rewards
 

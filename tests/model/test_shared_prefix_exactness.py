@@ -55,4 +55,4 @@ def _check(results: list[dict]) -> None:
     ids=["tp1", "tp2-full-recompute", "pp2-selective-recompute", "tp2pp2", "dp2"],
 )
 def test_shared_rows_equal_unshared_rows(world, overrides):
-    _check(run_distributed(shared_vs_unshared, world, overrides, PAIRS, 2, SEQ, timeout=600))
+    _check(run_distributed(shared_vs_unshared, world, overrides, PAIRS, 2, SEQ, timeout=900))

@@ -89,16 +89,18 @@ def test_attention_weight_counts_flops(preset, expected):
     assert attention_weight(transformer_config(cfg, use_te=False, on_gpu=False)) == pytest.approx(expected)
 
 
-def test_plan_does_not_share_when_the_longer_row_costs_more():
+def test_plan_prices_causal_pairs_of_varlen_rows():
+    """Shared rows run as variable-length attention: a long row with a short common prefix pays only its
+    segments' causal pairs, so it is never dearer than its sequences apart (a masked row paid all pairs)."""
     prefix = list(range(1000, 1100))  # 100 shared tokens before 1,900 of their own
     seqs = [prefix + [i] * 1900 for i in range(2)]
-    rows, alone = plan_shared_rows(seqs, min_prefix=16, max_row_tokens=8192, attention_weight=0.0)
-    assert len(rows) == 1 and alone == []  # counting tokens only, sharing saves 100
-    rows, alone = plan_shared_rows(seqs, min_prefix=16, max_row_tokens=8192, attention_weight=1 / 360)
-    assert rows == [] and alone == [0, 1]  # the masked 3,900-token row pays 4x the attention
-    short = [prefix + [i] * 20 for i in range(4)]
-    rows, _ = plan_shared_rows(short, min_prefix=16, max_row_tokens=8192, attention_weight=1 / 360)
-    assert len(rows) == 1 and len(rows[0].members) == 4  # mostly shared: still one row
+    for weight in (0.0, 1 / 360, 1.0):
+        rows, alone = plan_shared_rows(seqs, min_prefix=16, max_row_tokens=8192, attention_weight=weight)
+        assert len(rows) == 1 and alone == [] and rows[0].width == 100 + 2 * 1900
+    rows, alone = plan_shared_rows(seqs, min_prefix=101, max_row_tokens=8192, attention_weight=1 / 360)
+    assert rows == [] and alone == [0, 1]  # below min_prefix: apart
+    rows, alone = plan_shared_rows(seqs, min_prefix=16, max_row_tokens=3899, attention_weight=1 / 360)
+    assert rows == [] and alone == [0, 1]  # over the row budget: apart
 
 
 def test_collate_shared_rows_layout():
@@ -107,13 +109,12 @@ def test_collate_shared_rows_layout():
     assert alone == [2] and len(rows) == 1 and rows[0].prefix == 3
     batch, owners = collate_shared_rows(seqs, rows, pad_multiple=8)
     assert batch.tokens[0].tolist() == [7, 8, 9, 1, 2, 3, 0, 0]
-    assert batch.position_ids[0].tolist()[:6] == [0, 1, 2, 3, 3, 4]
+    assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 3, 4, 0, 1]
     assert owners == [0, 1] and batch.reward_index.view(-1).tolist() == [3, 5]
-    masked = batch.attention_mask[0, 0]
-    assert not masked[4, :3].any() and not masked[4, 4]  # the second suffix sees the prefix and itself
-    assert masked[4, 3] and masked[5, 3]  # but not the first suffix
-    assert masked[2, 3]  # causal inside the prefix too
-    assert not masked.all(dim=-1).any()  # no row (padding included) attends to nothing
+    assert batch.attention_mask is None  # no s x s mask: segments with their own keys
+    psp = batch.packed_seq_params
+    keys = {q0: psp.kv_index[k0:k1].tolist() for q0, _, k0, k1 in psp.segments}
+    assert keys == {0: [0, 1, 2], 3: [0, 1, 2, 3], 4: [0, 1, 2, 4, 5], 6: [6, 7]}  # never the other suffix
 
 
 def _requests(rng, n, candidates, references=1):
@@ -128,7 +129,7 @@ def _requests(rng, n, candidates, references=1):
 
 
 def test_shared_rows_score_like_separate_sequences(scorer):
-    assert takes_attention_masks(scorer.model) and scorer.share_prefix
+    assert takes_attention_masks(scorer.model) and scorer.share_prefix  # the local spec's varlen path
     plain = PolarScorer(scorer.model, scorer.tokenizer, share_prefix=False, batch_tokens=4096)
     rng = random.Random(3)
     requests = _requests(rng, 5, candidates=6) + _requests(rng, 3, candidates=2, references=3)
