@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.distributed.launcher import run_distributed
+from tests.support.launcher import run_distributed
 from tests.gpu.shared_prefix_workers import te_shared_vs_unshared
 
 pytestmark = pytest.mark.gpu
