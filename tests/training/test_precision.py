@@ -8,6 +8,7 @@ steps, and nothing learned.
 from __future__ import annotations
 
 import statistics
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -31,8 +32,11 @@ def _run(task, run_dir, precision: str, stop_after: int = STEPS) -> list[dict]:
 
 
 def test_fp16_grad_norms_match_bf16(task, tmp_path):
-    bf16 = _run(task, tmp_path / "bf16", "bf16", stop_after=BF16_STEPS)
-    fp16 = _run(task, tmp_path / "fp16", "fp16")
+    # Two independent one-rank runs: side by side, so both cores work.
+    with ThreadPoolExecutor(2) as pool:
+        bf16_run = pool.submit(_run, task, tmp_path / "bf16", "bf16", BF16_STEPS)
+        fp16_run = pool.submit(_run, task, tmp_path / "fp16", "fp16")
+        bf16, fp16 = bf16_run.result(), fp16_run.result()
     assert [r["step"] for r in fp16] == list(range(1, STEPS + 1))
     applied = [r for r in fp16 if not r["skipped"]]
     assert applied, [(r["skipped"], r["loss_scale"], r["loss"]) for r in fp16]
