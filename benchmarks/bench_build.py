@@ -29,6 +29,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from data_tools.sharding import shard_prefix  # noqa: E402
 from megatron_polar.data.tokenizer import load_tokenizer, train_sentencepiece  # noqa: E402
 
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ze", "po", "an", "el", "is", "or", "um"]
@@ -137,7 +138,7 @@ def sharded_build(corpus: str, model: str, tmp: str, shards: int = 2) -> dict:
     # on a loaded machine can take as long as a small build and is paid once per process.
     shard_build_s = []
     for i in range(shards):
-        with open(f"{prefix}.shard-{i}-of-{shards}.manifest.json", encoding="utf-8") as f:
+        with open(shard_prefix(prefix, i, shards) + ".manifest.json", encoding="utf-8") as f:
             shard_build_s.append(json.load(f)["build"]["seconds"])
     merge = [sys.executable, "-W", "ignore", "-m", "data_tools", "--log-level", "WARNING", "merge", "build"]
     subprocess.run(
@@ -160,6 +161,8 @@ def sharded_build(corpus: str, model: str, tmp: str, shards: int = 2) -> dict:
         "build_seconds_one_shard": base_build["seconds"],
         "build_seconds_shards": shard_build_s,
         "speedup_build_only": base_build["seconds"] / max(shard_build_s),
+        "one_shard_build_tokens_per_s": tokens / base_build["seconds"],
+        "one_shard_written_tokens_per_s": base_build["tokens_per_s"],
         "identical": identical,
     }
 

@@ -47,6 +47,8 @@ def test_open_and_read(tmp_path):
     assert len(ds) == 2
     assert [a.tolist() for a in ds.pair(1)] == [[1, 8, REWARD], [1, 9, 9, 9, REWARD]]
     assert ds.pair_lengths().tolist() == [[4, 3], [3, 5]]
+    view = ds.pair_lengths(copy=False)  # the mapped index itself, as the plan writer gathers from it
+    assert view.tolist() == [[4, 3], [3, 5]] and view.dtype == np.int32 and not view.flags.owndata
     with pytest.raises(IndexError):
         ds.pair(2)
 
