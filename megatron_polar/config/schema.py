@@ -75,7 +75,7 @@ class DataConfig:
     seq_length: int = 1024  # tokens per row (packed) or longest sequence (padded)
     layout: str = "packed"  # packed: many pairs per row, no cross-attention | padded: one sequence per row
     pack_window: int = 65536  # pairs packed together (rows never mix windows; larger packs tighter)
-    share_prefix: bool = False  # one segment group per pair, prefix | chosen suffix | rejected suffix
+    share_prefix: bool = True  # one segment group per pair: prefix | chosen suffix | rejected suffix
     seed: int = 1234  # shuffle and packing seed
     plan_dir: str | None = None  # shared epoch plans (order + packing), built once; null: <run_dir>/plans
     prefetch: bool = True  # build the next step's batches in a background thread during the current step
