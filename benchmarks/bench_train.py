@@ -102,6 +102,7 @@ def run_layout(prefix: str, layout: str, run_dir: Path) -> dict:
         f"data.train=[{{path: {prefix}}}]",
         f"data.seq_length={SEQ_LENGTH}",
         f"data.layout={layout}",
+        "data.share_prefix=false",  # today's rows; bench_shared measures shared-prefix rows
         f"train.global_batch_size={batch}",
         "train.micro_batch_size=1",
         f"train.train_iters={STEPS}",

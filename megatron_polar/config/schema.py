@@ -171,7 +171,7 @@ class DataConfig:
     # packed: many pairs per row, no cross-attention | padded: one sequence per row
     layout: str = one_of(DataLayout, "packed")
     pack_window: int = 65536  # pairs packed together (rows never mix windows; larger packs tighter)
-    share_prefix: bool = False  # one segment group per pair, prefix | chosen suffix | rejected suffix
+    share_prefix: bool = True  # one segment group per pair: prefix | chosen suffix | rejected suffix
     seed: int = 1234  # shuffle and packing seed
     plan_dir: str | None = None  # shared epoch plans (order + packing), built once; null: <run_dir>/plans
     plan_workers: int = 0  # processes rank 0 packs a plan with; 0: SLURM cpus-per-task / its CPU affinity

@@ -190,7 +190,7 @@ def write_report(
         "## Runs and throughput",
         "",
         f"Both runs: `megatron_polar.train parallel={parallel}` in 2 processes (CPU, gloo), tiny model "
-        "(4 layers, hidden 64), fp32, packed rows.",
+        "(4 layers, hidden 64), fp32, packed shared-prefix rows (`data.share_prefix=true`).",
         "",
         "| run | steps | median tokens/s | median step time (s) | dataset |",
         "|---|---|---|---|---|",

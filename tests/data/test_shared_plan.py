@@ -124,7 +124,7 @@ def test_pool_recipe_keys_differ_and_the_drawn_pool_carries_prefixes():
     ds = _SharedDataset(80)
     cfg = DataConfig(train=[DatasetSpec(path="x")], share_prefix=True)
     train, _ = pool_recipes(cfg, [ds], [])
-    plain, _ = pool_recipes(DataConfig(train=[DatasetSpec(path="x")]), [ds], [])
+    plain, _ = pool_recipes(DataConfig(train=[DatasetSpec(path="x")], share_prefix=False), [ds], [])
     assert train.key != plain.key
     pool = train.draw()
     assert np.array_equal(pool.prefix, ds.prefix[pool.index])
@@ -159,7 +159,8 @@ def test_config_key_is_validated_by_name():
     from megatron_polar.config import load_config
     from megatron_polar.config.validate import validate
 
-    assert load_config(["data.share_prefix=true"]).data.share_prefix is True
+    assert load_config([]).data.share_prefix is True  # the default since exactness is tested
+    assert load_config(["data.share_prefix=false"]).data.share_prefix is False
     with pytest.raises(ConfigError, match="data.share_prefix"):
         load_config(["data.share_prefix=maybe"])
     cfg = load_config([])
