@@ -209,7 +209,7 @@ def step_figures(cfg, batch, elapsed: float, peak_mem_bytes: int, gpu_name: str,
     """
     from megatron_polar.planning.calibration import attended_length, measurement_record
     from megatron_polar.planning.performance import Layout
-    from megatron_polar.utils.metrics import model_flops
+    from megatron_polar.planning.flops import model_flops
 
     psp = batch.packed_seq_params
     if psp is None:
