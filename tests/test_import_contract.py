@@ -42,23 +42,10 @@ DISTRIBUTED_HOME = "megatron_polar/parallel/"
 
 # Allowed exceptions: (file, imported module, rule) -> reason. Keep this list short and say why.
 EXCEPTIONS: dict[tuple[str, str, str], str] = {
-    # checkpoint/hf_convert.py and scoring/scorer.py are being split on another branch (issue #16):
-    # their loaders move with that split, and the imports come to the top there.
-    ("megatron_polar/checkpoint/hf_convert.py", "megatron_polar.model.standalone", "top"): "split branch",
-    ("megatron_polar/checkpoint/hf_convert.py", "megatron_polar.checkpoint.loading", "top"): "split branch",
-    ("megatron_polar/scoring/scorer.py", "megatron_polar.checkpoint.loading", "top"): "split branch",
-    ("megatron_polar/scoring/scorer.py", "megatron_polar.checkpoint.hf_convert", "top"): "split branch",
-    ("megatron_polar/scoring/scorer.py", "megatron_polar.data.tokenizer", "top"): "split branch",
     # megatron-core warns at import time that TE and Apex are missing; train.py installs the filter for
     # CPU hosts first, and keeps --help and --cfg free of the megatron-core import.
     ("megatron_polar/train.py", "megatron_polar.parallel.topology", "top"): "warning filter first",
     ("megatron_polar/train.py", "megatron_polar.training.trainer", "top"): "warning filter first",
-    # Files other branches are rewriting (issue #16 split; shared-prefix work): parallel.comm already
-    # has what they need (tp_rank/tp_size/stage_flags; barrier, sum_over_data_parallel); route them
-    # through it once those branches merge.
-    ("megatron_polar/model/reward_model.py", "megatron.core.parallel_state", "distributed"): "other branch",
-    ("megatron_polar/training/trainer.py", "torch.distributed", "distributed"): "split branch",
-    ("megatron_polar/training/trainer.py", "megatron.core.parallel_state", "distributed"): "split branch",
     # utils/logging.py stamps each record with the rank; it sits below parallel/ and must work before
     # (and without) topology.initialize, so it asks torch.distributed for the rank, read-only.
     ("megatron_polar/utils/logging.py", "torch.distributed", "distributed"): "rank for log records",

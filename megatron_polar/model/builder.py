@@ -18,10 +18,11 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_polar.config.schema import PolarConfig
 from megatron_polar.config.to_mcore import transformer_config
-from megatron_polar.model.reward_model import PolarRewardModel, stage_flags
+from megatron_polar.model.reward_model import PolarRewardModel
 from megatron_polar.model.sdpa_attention import SdpaAttention
 from megatron_polar.model.shared_prefix_attention import SharedPrefixSdpaAttention, te_shared_prefix_attention
 from megatron_polar.parallel import cpu_backend
+from megatron_polar.parallel.comm import stage_flags
 from megatron_polar.utils.errors import ConfigError
 from megatron_polar.utils.logging import get_logger
 
@@ -152,14 +153,3 @@ def build_model_chunks(cfg: PolarConfig, use_te: bool | None = None) -> list[Pol
         sum(p.numel() for c in chunks for p in c.parameters()),
     )
     return chunks
-
-
-def count_parameters(cfg: PolarConfig) -> int:
-    """Parameters of the whole reward model (no LM head), computed from the shapes alone."""
-    m = cfg.model
-    head_dim = m.hidden_size // m.num_attention_heads
-    qkv = m.hidden_size * (m.num_attention_heads + 2 * m.num_query_groups) * head_dim
-    attn_out = m.num_attention_heads * head_dim * m.hidden_size
-    mlp = 3 * m.hidden_size * m.ffn_hidden_size
-    per_layer = qkv + attn_out + mlp + 2 * m.hidden_size
-    return m.vocab_size * m.hidden_size + m.num_layers * per_layer + m.hidden_size + m.hidden_size

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from megatron.core import parallel_state as ps
 from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region
@@ -29,7 +28,7 @@ from megatron.core.transformer.transformer_block import TransformerBlock
 from torch import Tensor
 
 from megatron_polar.data.batch import RewardBatch, SharedPrefixParams
-from megatron_polar.parallel import cpu_backend
+from megatron_polar.parallel import comm, cpu_backend
 
 
 class PolarRewardModel(MegatronModule):
@@ -194,8 +193,8 @@ def gather_reward_rows(
     s_local, b, h = hidden_sbh.shape
     if not sequence_parallel:
         return hidden_sbh[flat_index % s_local, flat_index // s_local]
-    tp = ps.get_tensor_model_parallel_world_size() if group is None else group.size()
-    rank = ps.get_tensor_model_parallel_rank() if group is None else group.rank()
+    tp = comm.tp_size() if group is None else group.size()
+    rank = comm.tp_rank() if group is None else group.rank()
     s = s_local * tp
     column = flat_index % s - rank * s_local
     mine = (column >= 0) & (column < s_local)
@@ -204,11 +203,3 @@ def gather_reward_rows(
         mine.unsqueeze(-1), picked, torch.zeros((), dtype=picked.dtype, device=picked.device)
     )
     return reduce_from_tensor_model_parallel_region(picked, group=group)
-
-
-def stage_flags(vp_stage: int | None = None) -> tuple[bool, bool]:
-    """(pre_process, post_process) of this rank's chunk ``vp_stage``."""
-    return (
-        ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
-        ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
-    )

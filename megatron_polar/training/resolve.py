@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from megatron_polar.config.hparams import require_law_inputs, scaling_law_batch_size, scaling_law_lr
 from megatron_polar.config.schema import PolarConfig
-from megatron_polar.model.builder import count_parameters
+from megatron_polar.planning.params import count_parameters
 from megatron_polar.utils.errors import ConfigError
 from megatron_polar.utils.logging import get_logger
 
@@ -36,7 +36,7 @@ def resolve_tokens(cfg: PolarConfig, tokenizer: dict) -> PolarConfig:
 
 def resolve_hparams(cfg: PolarConfig, pairs_per_sample: float, unit_multiple: int) -> tuple[float, int]:
     """Peak lr and global batch (in samples), computing "auto" values from the paper's laws."""
-    n = count_parameters(cfg)
+    n = count_parameters(cfg.model).total
     lr, gbs = cfg.optim.lr, cfg.train.global_batch_size
     if lr == "auto" or gbs == "auto":
         require_law_inputs(cfg.model.base_model_tokens, cfg.train.rm_tokens, need_dp=lr == "auto")

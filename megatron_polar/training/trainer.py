@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-from megatron.core import parallel_state as ps
 
 from megatron_polar.checkpoint import manager
 from megatron_polar.config import from_yaml, to_yaml
@@ -19,7 +17,7 @@ from megatron_polar.config.validate import validate_fp8_hardware
 from megatron_polar.data.dataset import PairBatches
 from megatron_polar.data.prefetch import BatchPrefetcher
 from megatron_polar.model.builder import build_model_chunks, resolve_use_te
-from megatron_polar.parallel import topology
+from megatron_polar.parallel import comm, topology
 from megatron_polar.planning.flops import model_flops
 from megatron_polar.training.forward_step import forward_backward
 from megatron_polar.training.optim import build_scheduler, current_lr, guarded_step
@@ -139,7 +137,7 @@ class Trainer:
             dtype=torch.float64,
         )
         t = t.to(self.topo.device)
-        dist.all_reduce(t, group=ps.get_data_parallel_group())
+        comm.sum_over_data_parallel(t)
         return float(t[0]), float(t[1])
 
     def train_step(self) -> dict:

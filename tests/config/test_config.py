@@ -9,7 +9,7 @@ import pytest
 from megatron_polar.config import ConfigError, load_config
 from megatron_polar.config.hparams import scaling_law_batch_size, scaling_law_lr
 from megatron_polar.config.to_mcore import transformer_config
-from megatron_polar.model.builder import count_parameters
+from megatron_polar.planning.params import count_parameters
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -54,12 +54,12 @@ def test_released_shapes_and_parameter_counts(preset, shape):
         m.num_query_groups,
         m.ffn_hidden_size,
     ) == shape
-    assert count_parameters(cfg) == _released_count(*shape)
+    assert count_parameters(cfg.model).total == _released_count(*shape)
     assert m.reward_token_id == 92527 and m.split_token_id == 92397
 
 
 def test_polar_7b_is_about_7_36b_parameters():
-    assert count_parameters(load_config(["model=polar_7b"])) == 7_358_652_416
+    assert count_parameters(load_config(["model=polar_7b"]).model).total == 7_358_652_416
 
 
 @pytest.mark.parametrize(
@@ -86,8 +86,8 @@ def test_bad_configuration_names_the_key(overrides, key):
 
 
 def test_scaling_laws_reproduce_the_paper_within_5_percent():
-    n18 = count_parameters(load_config(["model=polar_1_8b"]))
-    n7 = count_parameters(load_config(["model=polar_7b"]))
+    n18 = count_parameters(load_config(["model=polar_1_8b"]).model).total
+    n7 = count_parameters(load_config(["model=polar_7b"]).model).total
     assert scaling_law_lr(n18, 2.5e12, 0.94e12) == pytest.approx(1.4e-5, rel=0.05)
     assert scaling_law_batch_size(n18, 0.94e12) == pytest.approx(1940, rel=0.05)
     assert scaling_law_lr(n7, 4.0e12, 3.6e12) == pytest.approx(1.67e-5, rel=0.05)

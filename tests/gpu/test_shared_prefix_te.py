@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.support.launcher import run_distributed
 from tests.gpu.shared_prefix_workers import te_shared_vs_unshared
+from tests.support.launcher import run_distributed
 
 pytestmark = pytest.mark.gpu
 
