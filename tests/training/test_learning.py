@@ -28,8 +28,10 @@ def test_loss_falls_and_accuracy_rises(task, tmp_path, world, layout):
     )
     train = read_metrics(run_dir)
     assert [r["step"] for r in train] == list(range(1, STEPS + 1))
+    # Zero reward head: every pair of the first step scores log 2 (the first 20 steps' mean no longer sits
+    # there: with shared-prefix rows, the default, a step holds ~1.5x the pairs and learning starts sooner).
+    assert train[0]["loss"] == pytest.approx(0.693, abs=0.002)
     first, last = _first_last([r["loss"] for r in train])
-    assert first == pytest.approx(0.693, abs=0.02)  # zero reward head: every pair starts at log 2
     assert last < first - 0.15, (first, last)
     valid = results[0]["valid"]
     assert valid["accuracy"] >= 0.65, valid
