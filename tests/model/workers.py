@@ -18,13 +18,16 @@ from tests.support.parity_workers import random_pairs
 ROW = 96
 
 
-def reference_fused_rope_thd(t, cu_seqlens, freqs, cp_size: int = 1, cp_rank: int = 0):
+def reference_fused_rope_thd(
+    t, cu_seqlens, freqs, cp_size: int = 1, cp_rank: int = 0, interleaved: bool = False
+):
     """What TE's fused THD RoPE computes (``transformer_engine/pytorch/attention/rope.py``,
     ``apply_rotary_pos_emb(..., tensor_format="thd", fused=True)``; ``csrc/extensions/apply_rope.cpp``
     takes ``max_s = freqs.size(0)`` and reads ``cu_seqlens`` on the device): token ``i`` of sequence ``j``
     is rotated by ``freqs[i - cu_seqlens[j]]``, non-interleaved halves. Written without host syncs,
-    as the kernel runs."""
-    assert cp_size == 1
+    as the kernel runs. ``interleaved`` is the keyword megatron-core >= 0.17 passes
+    (``extensions/transformer_engine.py`` ``fused_apply_rotary_pos_emb_thd``); the model never sets it."""
+    assert cp_size == 1 and not interleaved
     tokens = torch.arange(t.shape[0], device=t.device)
     start = cu_seqlens[torch.searchsorted(cu_seqlens, tokens, right=True) - 1]
     angle = freqs[:, 0, 0][tokens - start].unsqueeze(1)  # [t, 1, d]

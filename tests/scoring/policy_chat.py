@@ -108,3 +108,15 @@ def openrlhf_rollout(
     response_ids = tok(response, add_special_tokens=False)["input_ids"]
     query = tok.decode(prompt_ids + response_ids + [tok.eos_token_id], skip_special_tokens=False)
     return query, prompt, tok.decode(response_ids, skip_special_tokens=False)
+
+
+def decode_cleans_up_spaces(tok: PreTrainedTokenizerFast) -> bool:
+    """Whether ``tok.decode`` rewrites ``" ,"`` to ``","`` (``clean_up_tokenization_spaces``).
+
+    transformers 4.x applies it to this BPE tokenizer; transformers 5 ignores the flag for BPE tokenizers
+    ("Ignoring clean_up_tokenization_spaces=True for BPE tokenizer"), so there the decoded prompt is the
+    rendered prompt and a plain prefix split would also work. Tests assert the clean-up happened only
+    where the installed transformers does it.
+    """
+    text = "a , b"
+    return tok.decode(tok.encode(text, add_special_tokens=False)) != text
