@@ -83,6 +83,8 @@ def test_no_per_sequence_host_syncs_and_none_per_layer_when_fused(thd_runs):
     # Unfused: megatron-core's .tolist() and table-length comparison, for q and k, in every layer; the
     # per-sequence .item() calls that a row-sized table caused are gone.
     assert (syncs(4, False) - syncs(2, False)) / 2 == 4, thd_runs[(4, False)]["syncs"]
-    assert "item" not in thd_runs[(4, False)]["syncs"]
+    # megatron-core >= 0.17 adds one ``int(cu_seqlens[-1].item())`` per call (``rope_utils.py`` 0.19.2 line
+    # 224, for q and k): at most 2 per layer, never one per sequence (line 239's offset mode stays off).
+    assert thd_runs[(4, False)]["syncs"].get("item", 0) <= 2 * 4, thd_runs[(4, False)]["syncs"]
     # Fused (TE's kernel reads cu_seqlens on the device): the count does not grow with layers.
     assert syncs(4, True) == syncs(2, True)
