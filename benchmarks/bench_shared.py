@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_train import SEQ_LENGTH, _env, build_dataset  # noqa: E402
 from megatron_polar.config.schema import ModelConfig  # noqa: E402
 from megatron_polar.data.contract import open_pair_dataset  # noqa: E402
-from megatron_polar.planning.lengths import length_stats  # noqa: E402
 from megatron_polar.planning.flops import model_flops  # noqa: E402
+from megatron_polar.planning.lengths import length_stats  # noqa: E402
 
 STEPS = 6
 ROUNDS = 2  # the two settings alternate, best round kept: other load on the machine hits both alike

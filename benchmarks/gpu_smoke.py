@@ -208,8 +208,8 @@ def step_figures(cfg, batch, elapsed: float, peak_mem_bytes: int, gpu_name: str,
     expects (:mod:`megatron_polar.planning.calibration`).
     """
     from megatron_polar.planning.calibration import attended_length, measurement_record
-    from megatron_polar.planning.performance import Layout
     from megatron_polar.planning.flops import model_flops
+    from megatron_polar.planning.performance import Layout
 
     psp = batch.packed_seq_params
     if psp is None:
