@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_polar.utils.errors import PlanError
 from megatron_polar.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -40,10 +41,6 @@ PLAN_FORMAT = "polar-epoch-plan"
 PLAN_VERSION = 1
 META = "meta.json"
 _CHUNK = 1 << 23  # bytes per read when checksumming: flat memory however large the plan
-
-
-class PlanError(RuntimeError):
-    """A stored plan is missing, stale or corrupt where it must be usable."""
 
 
 @dataclass

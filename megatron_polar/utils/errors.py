@@ -7,8 +7,7 @@ re-export them under their old names (``megatron_polar.config.ConfigError``,
 ``megatron_polar.checkpoint.manager.CheckpointError``, ...); importing from here costs no Hydra, torch
 or megatron-core import.
 
-Errors that stay with their module, and why: ``PlanError`` (``data/plan_store.py``, being reworked on
-another branch), ``BatcherClosed`` (``scoring/batcher.py``: a shutdown signal inside the batcher, not
+Errors that stay with their module, and why: ``BatcherClosed`` (``scoring/batcher.py``: a shutdown signal inside the batcher, not
 bad input), ``RewardServerError`` (``integrations/verl.py``: the verl client imports nothing from this
 package so it can run inside verl's workers), ``RecordError`` (``data_tools``: the
 build tool's own input schema; ``InputError`` lives here because the shared JSONL reader raises it).
@@ -25,6 +24,7 @@ __all__ = [
     "ConversionError",
     "DatasetError",
     "InputError",
+    "PlanError",
     "PolarError",
     "RequestError",
 ]
@@ -72,3 +72,7 @@ class ConversionError(PolarError, RuntimeError):
 
 class InputError(PolarError, RuntimeError):
     """An input file cannot be read to its end (missing, truncated or corrupt compression)."""
+
+
+class PlanError(PolarError, RuntimeError):
+    """A stored epoch plan is missing, stale or corrupt where it must be usable."""

@@ -11,8 +11,9 @@ import pytest
 
 from megatron_polar.data import plan_store
 from megatron_polar.data.dataset import PairBatches, PoolRecipe, blend
-from megatron_polar.data.plan_store import PlanError, PlanStore, check_plan
+from megatron_polar.data.plan_store import PlanStore, check_plan
 from megatron_polar.data.prefetch import BatchPrefetcher
+from megatron_polar.utils.errors import PlanError
 from tests.support.launcher import process_context
 
 
