@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_train import SEQ_LENGTH, _env, build_dataset  # noqa: E402
+from benchmarks.bench_train import SEQ_LENGTH, _env, build_dataset, train_command  # noqa: E402
 from megatron_polar.config.schema import ModelConfig  # noqa: E402
 from megatron_polar.data.contract import open_pair_dataset  # noqa: E402
 from megatron_polar.planning.flops import model_flops  # noqa: E402
@@ -42,27 +42,15 @@ TARGET = 1.35  # issue #15
 
 def run(prefix: str, share_prefix: bool, run_dir: Path) -> dict:
     """Train ``STEPS`` steps; mean pairs/s and tokens/s of the steps after the warm-up."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "megatron_polar.train",
-        f"data.train=[{{path: {prefix}}}]",
-        f"data.seq_length={SEQ_LENGTH}",
-        "data.layout=packed",
-        f"data.share_prefix={str(share_prefix).lower()}",
-        f"train.global_batch_size={ROWS_PER_STEP}",
-        "train.micro_batch_size=1",
-        f"train.train_iters={STEPS}",
-        "train.eval_interval=0",
-        "train.precision=fp32",
-        "checkpoint.save_interval=0",
-        "checkpoint.save_optimizer=false",
-        f"logging.run_dir={run_dir}",
-        "logging.tensorboard=false",
-        "logging.log_interval=1000",
-        f"model.max_position_embeddings={SEQ_LENGTH}",
-        "model.transformer_impl=local",
-    ]
+    cmd = train_command(
+        prefix,
+        run_dir,
+        layout="packed",
+        share_prefix=share_prefix,
+        rows=ROWS_PER_STEP,
+        steps=STEPS,
+        extra=["model.transformer_impl=local"],
+    )
     t0 = time.monotonic()
     subprocess.run(cmd, check=True, env=_env(), cwd=ROOT, capture_output=True)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

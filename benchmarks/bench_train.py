@@ -92,20 +92,21 @@ def build_dataset(tmp: Path, rows: int = 800) -> str:
     return prefix
 
 
-def run_layout(prefix: str, layout: str, run_dir: Path) -> dict:
-    # Same rows per step: padded 2 pairs = 4 rows, packed 4 rows of several pairs each.
-    batch = 2 if layout == "padded" else 4
-    cmd = [
+def train_command(
+    prefix: str, run_dir: Path, *, layout: str, share_prefix: bool, rows: int, steps: int, extra=()
+) -> list[str]:
+    """The ``megatron_polar.train`` command every training benchmark times: tiny model, fp32, no eval or saves."""
+    return [
         sys.executable,
         "-m",
         "megatron_polar.train",
         f"data.train=[{{path: {prefix}}}]",
         f"data.seq_length={SEQ_LENGTH}",
         f"data.layout={layout}",
-        "data.share_prefix=false",  # today's rows; bench_shared measures shared-prefix rows
-        f"train.global_batch_size={batch}",
+        f"data.share_prefix={str(share_prefix).lower()}",
+        f"train.global_batch_size={rows}",
         "train.micro_batch_size=1",
-        f"train.train_iters={STEPS}",
+        f"train.train_iters={steps}",
         "train.eval_interval=0",
         "train.precision=fp32",
         "checkpoint.save_interval=0",
@@ -114,7 +115,15 @@ def run_layout(prefix: str, layout: str, run_dir: Path) -> dict:
         "logging.tensorboard=false",
         "logging.log_interval=1000",
         f"model.max_position_embeddings={SEQ_LENGTH}",
+        *extra,
     ]
+
+
+def run_layout(prefix: str, layout: str, run_dir: Path) -> dict:
+    # Same rows per step: padded 2 pairs = 4 rows, packed 4 rows of several pairs each.
+    batch = 2 if layout == "padded" else 4
+    # share_prefix=false: today's rows; bench_shared measures shared-prefix rows.
+    cmd = train_command(prefix, run_dir, layout=layout, share_prefix=False, rows=batch, steps=STEPS)
     t0 = time.monotonic()
     subprocess.run(cmd, check=True, env=_env(), cwd=ROOT, capture_output=True)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
