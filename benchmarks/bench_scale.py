@@ -108,7 +108,7 @@ def worker(table: Path, plan_dir: Path, mode: str, plan_workers: int = 0) -> dic
 
     import numpy as np
 
-    from megatron_polar.data.dataset import PairBatches, PoolRecipe, blend
+    from megatron_polar.data.sampler import PairBatches, PoolRecipe, blend
     from megatron_polar.data.plan_store import PlanStore
 
     base_kb = _rss_kb()
@@ -231,7 +231,7 @@ def main(sizes: list[int] | None = None, plan_workers: int = 0, ref_workers: int
     """Measure every size and mode, project to 351M pairs; ``plan_workers`` packs here (0: automatic),
     ``ref_workers`` is the writer's process count the projection assumes (the launch scripts' 16)."""
     sizes = sizes or [1_000_000, 10_000_000, 50_000_000]
-    import megatron_polar.data.dataset  # noqa: F401 - imported once here, shared by the forked workers
+    import megatron_polar.data.sampler  # noqa: F401 - imported once here, shared by the forked workers
 
     base_us = baseline_pack_us_per_pair()
     results: dict = {"runs": [], "baseline_pack_cpu_us_per_pair": round(base_us, 3)}

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_train import SEQ_LENGTH, _env, build_dataset, train_command  # noqa: E402
 from megatron_polar.config.schema import ModelConfig  # noqa: E402
-from megatron_polar.data.contract import open_pair_dataset  # noqa: E402
+from megatron_polar.data.pair_dataset import open_pair_dataset  # noqa: E402
 from megatron_polar.planning.flops import model_flops  # noqa: E402
 from megatron_polar.planning.lengths import length_stats  # noqa: E402
 

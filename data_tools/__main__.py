@@ -23,7 +23,7 @@ from data_tools.pairing import PairConfig, run_pair, run_rank
 from data_tools.prefix_lengths import add_prefix_lengths
 from data_tools.records import DEFAULT_MAX_LINE_BYTES, InputError, RecordError
 from data_tools.sharding import ShardSpec
-from megatron_polar.data.contract import read_manifest
+from megatron_polar.data.pair_dataset import read_manifest
 from megatron_polar.data.tokenizer import DEFAULT_REWARD_TOKEN, DEFAULT_SPLIT_TOKEN, load_tokenizer
 from megatron_polar.utils.logging import get_logger, setup_logging
 

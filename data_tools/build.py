@@ -32,7 +32,7 @@ from data_tools.index_builder import CompactIndexedDatasetBuilder
 from data_tools.prefix_lengths import prefix_lengths_entry, write_prefix_file
 from data_tools.records import DEFAULT_MAX_LINE_BYTES, BadRows, InputFile
 from data_tools.sharding import FileRange, ShardSpec, iter_range_lines, plan_ranges, shard_prefix
-from megatron_polar.data import contract
+from megatron_polar.data import pair_dataset
 from megatron_polar.data.format import check_lengths
 from megatron_polar.data.packing import pack_pairs, packing_efficiency, split_oversize
 from megatron_polar.data.tokenizer import PolarTokenizer
@@ -166,20 +166,20 @@ def build_dataset(
     else:
         ranges = [FileRange(i, 0, 0, True) for i in range(len(paths))]
     final = {
-        "bin": contract.bin_path(prefix),
-        "idx": contract.idx_path(prefix),
-        "prefix": contract.prefix_lengths_path(prefix),
-        "manifest": contract.manifest_path(prefix),
+        "bin": pair_dataset.bin_path(prefix),
+        "idx": pair_dataset.idx_path(prefix),
+        "prefix": pair_dataset.prefix_lengths_path(prefix),
+        "manifest": pair_dataset.manifest_path(prefix),
     }
     check_writable(list(final.values()), cfg.overwrite)
     os.makedirs(os.path.dirname(os.path.abspath(prefix)) or ".", exist_ok=True)
     tmp_prefix = f"{prefix}.tmp-{os.getpid()}"
     shard_dir = f"{tmp_prefix}.shards"
     tmp = {
-        "bin": contract.bin_path(tmp_prefix),
-        "idx": contract.idx_path(tmp_prefix),
-        "prefix": contract.prefix_lengths_path(tmp_prefix),
-        "manifest": contract.manifest_path(tmp_prefix),
+        "bin": pair_dataset.bin_path(tmp_prefix),
+        "idx": pair_dataset.idx_path(tmp_prefix),
+        "prefix": pair_dataset.prefix_lengths_path(tmp_prefix),
+        "manifest": pair_dataset.manifest_path(tmp_prefix),
     }
     os.makedirs(shard_dir)
     dtype = token_dtype(tokenizer.vocab_size)
@@ -256,7 +256,7 @@ def build_dataset(
 def builder_lengths(builder) -> np.ndarray:
     """[pairs, 2] sequence lengths a ``CompactIndexedDatasetBuilder`` has written."""
     lengths = np.frombuffer(builder.sequence_lengths, dtype=np.int32).astype(np.int64)
-    return lengths.reshape(-1, contract.SEQUENCES_PER_PAIR)
+    return lengths.reshape(-1, pair_dataset.SEQUENCES_PER_PAIR)
 
 
 def _log_bad_rows(result: ChunkResult, totals: BuildTotals) -> None:
@@ -307,9 +307,9 @@ def length_stats(lengths: np.ndarray, max_length: int) -> dict:
 
 def _manifest(paths, infos, tokenizer, cfg, dtype, totals: BuildTotals, lengths, elapsed) -> dict:
     return {
-        "format": contract.FORMAT_NAME,
-        "format_version": contract.FORMAT_VERSION,
-        "sequences_per_pair": contract.SEQUENCES_PER_PAIR,
+        "format": pair_dataset.FORMAT_NAME,
+        "format_version": pair_dataset.FORMAT_VERSION,
+        "sequences_per_pair": pair_dataset.SEQUENCES_PER_PAIR,
         "sequence_order": ["chosen", "rejected"],
         "created_unix": time.time(),
         "inputs": [i.as_dict() for i in infos],

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from megatron_polar.data.contract import PairDataset, open_pair_dataset
+from megatron_polar.data.pair_dataset import PairDataset, open_pair_dataset
 from megatron_polar.data.tokenizer import PolarTokenizer, load_tokenizer
 
 BOS, SPLIT, REWARD = "⟦BOS⟧", "⟦SPLIT⟧", "⟦REWARD⟧"

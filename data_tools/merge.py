@@ -21,7 +21,7 @@ from data_tools.pairing import done_path
 from data_tools.prefix_lengths import prefix_lengths_entry, write_prefix_file
 from data_tools.records import BadRows
 from data_tools.sharding import shard_path, shard_prefix
-from megatron_polar.data import contract
+from megatron_polar.data import pair_dataset
 from megatron_polar.utils.io import check_writable, temp_path
 from megatron_polar.utils.logging import get_logger
 
@@ -31,12 +31,12 @@ logger = get_logger(__name__)
 _SAME = ("format", "format_version", "tokenizer", "dtype", "max_length", "max_response_length")
 
 
-def _shard_manifests(prefix: str, count: int) -> list[contract.DatasetManifest]:
+def _shard_manifests(prefix: str, count: int) -> list[pair_dataset.DatasetManifest]:
     manifests, missing = [], []
     for i in range(count):
         try:
-            manifests.append(contract.read_manifest(shard_prefix(prefix, i, count)))
-        except contract.DatasetError as e:
+            manifests.append(pair_dataset.read_manifest(shard_prefix(prefix, i, count)))
+        except pair_dataset.DatasetError as e:
             missing.append(str(e))
     if missing:
         raise FileNotFoundError(
@@ -46,7 +46,7 @@ def _shard_manifests(prefix: str, count: int) -> list[contract.DatasetManifest]:
         shard = m.shard or {}
         if shard.get("index") != i or shard.get("count") != count:
             raise ValueError(
-                f"{contract.manifest_path(shard_prefix(prefix, i, count))}: not shard {i} of {count}"
+                f"{pair_dataset.manifest_path(shard_prefix(prefix, i, count))}: not shard {i} of {count}"
             )
         for key in _SAME:
             if m.get(key) != manifests[0].get(key):
@@ -58,7 +58,7 @@ def _shard_manifests(prefix: str, count: int) -> list[contract.DatasetManifest]:
     return manifests
 
 
-def _merged_inputs(manifests: list[contract.DatasetManifest]) -> list[dict]:
+def _merged_inputs(manifests: list[pair_dataset.DatasetManifest]) -> list[dict]:
     """One entry per input file: the hash where one shard read the whole file, the line count from the
     shard that reached its end."""
     merged: dict[str, dict] = {}
@@ -71,7 +71,7 @@ def _merged_inputs(manifests: list[contract.DatasetManifest]) -> list[dict]:
     return list(merged.values())
 
 
-def _merged_counts(manifests: list[contract.DatasetManifest], max_examples: int) -> dict:
+def _merged_counts(manifests: list[pair_dataset.DatasetManifest], max_examples: int) -> dict:
     bad = BadRows(max_examples=max_examples)
     truncated: dict[str, int] = {}
     rows = pairs = 0
@@ -97,11 +97,11 @@ def _merged_counts(manifests: list[contract.DatasetManifest], max_examples: int)
 def _shard_sidecar(prefix: str, index: int, count: int, manifest: dict) -> str:
     """The shard's ``.prefix.npy`` (checked to exist with one entry per pair)."""
     shard = shard_prefix(prefix, index, count)
-    path = contract.prefix_lengths_path(shard)
+    path = pair_dataset.prefix_lengths_path(shard)
     if "prefix_lengths" not in manifest or not os.path.isfile(path):
         raise FileNotFoundError(
             f"{path}: missing (shard built by an older data_tools); run "
-            f"`{contract.add_prefix_lengths_command(shard)}` on each such shard, then merge again"
+            f"`{pair_dataset.add_prefix_lengths_command(shard)}` on each such shard, then merge again"
         )
     n = np.load(path, mmap_mode="r").shape[0]
     if n != manifest["counts"]["pairs_written"]:
@@ -121,19 +121,19 @@ def merge_build(prefix: str, count: int, overwrite: bool = False, remove_shards:
     start = time.perf_counter()
     manifests = _shard_manifests(prefix, count)
     final = {
-        "bin": contract.bin_path(prefix),
-        "idx": contract.idx_path(prefix),
-        "prefix": contract.prefix_lengths_path(prefix),
-        "manifest": contract.manifest_path(prefix),
+        "bin": pair_dataset.bin_path(prefix),
+        "idx": pair_dataset.idx_path(prefix),
+        "prefix": pair_dataset.prefix_lengths_path(prefix),
+        "manifest": pair_dataset.manifest_path(prefix),
     }
     check_writable(list(final.values()), overwrite)
     shard_sidecars = [_shard_sidecar(prefix, i, count, m) for i, m in enumerate(manifests)]
     tmp_prefix = f"{prefix}.tmp-{os.getpid()}"
     tmp = {
-        "bin": contract.bin_path(tmp_prefix),
-        "idx": contract.idx_path(tmp_prefix),
-        "prefix": contract.prefix_lengths_path(tmp_prefix),
-        "manifest": contract.manifest_path(tmp_prefix),
+        "bin": pair_dataset.bin_path(tmp_prefix),
+        "idx": pair_dataset.idx_path(tmp_prefix),
+        "prefix": pair_dataset.prefix_lengths_path(tmp_prefix),
+        "manifest": pair_dataset.manifest_path(tmp_prefix),
     }
     dtype = np.dtype(manifests[0].dtype)
     try:
@@ -174,10 +174,10 @@ def merge_build(prefix: str, count: int, overwrite: bool = False, remove_shards:
         for i in range(count):
             p = shard_prefix(prefix, i, count)
             for path in (
-                contract.manifest_path(p),  # first: a half-removed shard never looks complete
-                contract.bin_path(p),
-                contract.idx_path(p),
-                contract.prefix_lengths_path(p),
+                pair_dataset.manifest_path(p),  # first: a half-removed shard never looks complete
+                pair_dataset.bin_path(p),
+                pair_dataset.idx_path(p),
+                pair_dataset.prefix_lengths_path(p),
             ):
                 os.remove(path)
     logger.info("merged %d shards into %s: %d pairs", count, prefix, manifest["counts"]["pairs_written"])

@@ -4,7 +4,7 @@
 Training with ``data.share_prefix`` packs each pair by its footprint ``chosen + rejected - prefix``; the
 plan needs every pair's prefix length at start-up, and reading the tokens of 351M pairs to find them on
 every start is not an option. So the build records them once, beside the index (see
-:mod:`megatron_polar.data.contract`). All three writers go through :func:`write_prefix_file`, so a
+:mod:`megatron_polar.data.pair_dataset`). All three writers go through :func:`write_prefix_file`, so a
 sharded build merged and a one-process build give the same bytes.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from data_tools.writers import check_writable
-from megatron_polar.data import contract
+from megatron_polar.data import pair_dataset
 from megatron_polar.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -34,7 +34,7 @@ def write_prefix_file(path: str, parts: Iterable[np.ndarray], pairs: int) -> Non
     Raises:
         ValueError: the parts do not add up to ``pairs`` entries.
     """
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=contract.PREFIX_LENGTHS_DTYPE, shape=(pairs,))
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=pair_dataset.PREFIX_LENGTHS_DTYPE, shape=(pairs,))
     at = 0
     for part in parts:
         part = np.asarray(part)
@@ -56,21 +56,21 @@ def prefix_lengths_entry(lengths: np.ndarray, prefix: np.ndarray) -> dict:
     total = int(lengths.sum()) if len(lengths) else 0
     shared = int(np.asarray(prefix, dtype=np.int64).sum())
     return {
-        "file_suffix": contract.PREFIX_LENGTHS_SUFFIX,
-        "dtype": contract.PREFIX_LENGTHS_DTYPE.name,
+        "file_suffix": pair_dataset.PREFIX_LENGTHS_SUFFIX,
+        "dtype": pair_dataset.PREFIX_LENGTHS_DTYPE.name,
         "shared_tokens": shared,
         "footprint_tokens": total - shared,  # tokens processed with the prefix once per pair
         "footprint_ratio": round((total - shared) / total, 6) if total else 1.0,
     }
 
 
-def _dataset_prefix_lengths(ds: contract.PairDataset) -> Iterable[np.ndarray]:
+def _dataset_prefix_lengths(ds: pair_dataset.PairDataset) -> Iterable[np.ndarray]:
     """Prefix lengths of every pair, computed from the tokens, a slice of pairs at a time."""
     for lo in range(0, len(ds), _CHUNK_PAIRS):
         hi = min(len(ds), lo + _CHUNK_PAIRS)
         yield np.fromiter(
-            (contract.shared_prefix_length(*ds.pair(i)) for i in range(lo, hi)),
-            dtype=contract.PREFIX_LENGTHS_DTYPE,
+            (pair_dataset.shared_prefix_length(*ds.pair(i)) for i in range(lo, hi)),
+            dtype=pair_dataset.PREFIX_LENGTHS_DTYPE,
             count=hi - lo,
         )
 
@@ -85,12 +85,12 @@ def add_prefix_lengths(prefix: str, overwrite: bool = False) -> dict:
         FileExistsError: the manifest already lists a sidecar and ``overwrite`` is off.
         DatasetError: the dataset is missing, incomplete or corrupt.
     """
-    ds = contract.open_pair_dataset(prefix)
-    final = contract.prefix_lengths_path(prefix)
+    ds = pair_dataset.open_pair_dataset(prefix)
+    final = pair_dataset.prefix_lengths_path(prefix)
     if ds.has_prefix_lengths:
         check_writable([final], overwrite)
     tmp = f"{final}.tmp-{os.getpid()}"
-    tmp_manifest = f"{contract.manifest_path(prefix)}.tmp-{os.getpid()}"
+    tmp_manifest = f"{pair_dataset.manifest_path(prefix)}.tmp-{os.getpid()}"
     try:
         write_prefix_file(tmp, _dataset_prefix_lengths(ds), len(ds))
         entry = prefix_lengths_entry(ds.pair_lengths(), np.load(tmp, mmap_mode="r"))
@@ -98,7 +98,7 @@ def add_prefix_lengths(prefix: str, overwrite: bool = False) -> dict:
         with open(tmp_manifest, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, ensure_ascii=False)
         os.replace(tmp, final)
-        os.replace(tmp_manifest, contract.manifest_path(prefix))
+        os.replace(tmp_manifest, pair_dataset.manifest_path(prefix))
     finally:
         for path in (tmp, tmp_manifest):
             if os.path.exists(path):

@@ -31,7 +31,7 @@ import numpy as np
 
 from megatron_polar.config.loader import load_config
 from megatron_polar.config.schema import DataLayout, Precision, values
-from megatron_polar.data.contract import DatasetError, open_pair_dataset
+from megatron_polar.data.pair_dataset import DatasetError, open_pair_dataset
 from megatron_polar.planning import Hardware, plan_layout
 from megatron_polar.planning.calibration import CalibrationError, fit, load_measurements
 from megatron_polar.planning.lengths import LengthStats, length_stats, paper_length_mix, shared_prefix_length

@@ -21,7 +21,7 @@ import torch
 from megatron.core.packed_seq_params import PackedSeqParams
 
 from megatron_polar.data.batch import RewardBatch, SharedPrefixParams
-from megatron_polar.data.contract import shared_prefix_length
+from megatron_polar.data.pair_dataset import shared_prefix_length
 
 Pair = tuple[Sequence[int], Sequence[int]]
 
@@ -121,7 +121,7 @@ def shared_footprint(
     """Tokens a pair occupies in a shared-prefix row: ``chosen + rejected - prefix`` (elementwise).
 
     ``prefix_len`` must leave at least one token in each suffix (as
-    :func:`~megatron_polar.data.contract.shared_prefix_length` does); an int in gives an int out.
+    :func:`~megatron_polar.data.pair_dataset.shared_prefix_length` does); an int in gives an int out.
     """
     c, r, p = (np.asarray(x, dtype=np.int64) for x in (chosen_len, rejected_len, prefix_len))
     if np.any(p < 0) or np.any(p >= np.minimum(c, r)):

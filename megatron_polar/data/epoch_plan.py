@@ -1,7 +1,7 @@
 """One epoch's order of samples as two flat arrays: which pairs, grouped into which rows.
 
 ``pair_ids[row_offsets[s]:row_offsets[s + 1]]`` are the global pair ids (see
-:func:`megatron_polar.data.dataset.pair_offsets`) of sample ``s``: a packed row, or one pair in the
+:func:`megatron_polar.data.sampler.pair_offsets`) of sample ``s``: a packed row, or one pair in the
 padded layout (which stores no offsets). The arrays are computed by :func:`compute_epoch_plan` (on one
 rank, once) and read by :class:`EpochPlan`, usually memory-mapped from a
 :class:`~megatron_polar.data.plan_store.PlanStore`.
@@ -169,8 +169,8 @@ def compute_epoch_plan(
     does not depend on ``workers``.
 
     Args:
-        pool: the drawn :class:`~megatron_polar.data.dataset.PairPool`.
-        id_offsets: :func:`~megatron_polar.data.dataset.pair_offsets` of the pool's datasets.
+        pool: the drawn :class:`~megatron_polar.data.sampler.PairPool`.
+        id_offsets: :func:`~megatron_polar.data.sampler.pair_offsets` of the pool's datasets.
         workers: processes packing windows (1: this process only).
         sink: a :class:`~megatron_polar.data.plan_store.PlanWriter` to stream ``pair_ids`` into.
         share_prefix: size every pair by its shared-prefix footprint ``chosen + rejected - prefix``

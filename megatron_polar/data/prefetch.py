@@ -22,7 +22,7 @@ class BatchPrefetcher:
     """``get(step)`` returns that step's batches and starts building ``step + 1``.
 
     Args:
-        data: a :class:`~megatron_polar.data.dataset.PairBatches`.
+        data: a :class:`~megatron_polar.data.sampler.PairBatches`.
         enabled: ``False`` builds every step inline (same batches, no thread).
         end: first step not to prefetch (the run's last step + 1); ``None``: no end.
     """

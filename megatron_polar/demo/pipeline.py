@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from megatron_polar.checkpoint import manager
-from megatron_polar.data.contract import read_manifest
+from megatron_polar.data.pair_dataset import read_manifest
 from megatron_polar.data.tokenizer import train_sentencepiece
 from megatron_polar.demo import counting, in_process_scoring, policies
 from megatron_polar.demo.stages import (

@@ -1,5 +1,5 @@
 """The batch streams of one training run: open the built datasets, describe the pools, and build the
-train and validation :class:`~megatron_polar.data.dataset.PairBatches` for this data-parallel rank.
+train and validation :class:`~megatron_polar.data.sampler.PairBatches` for this data-parallel rank.
 
 The trainer calls these in order: :func:`open_pools` (mmap, no token reads), :func:`batch_options`
 (every option the two streams share), then builds the train stream, settles the global batch, and
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_polar.config.schema import PolarConfig
-from megatron_polar.data.dataset import PairBatches, PoolRecipe, check_tokenizers, open_datasets, pool_recipes
+from megatron_polar.data.sampler import PairBatches, PoolRecipe, check_tokenizers, open_datasets, pool_recipes
 from megatron_polar.data.plan_store import PlanStore
 from megatron_polar.parallel import comm
 from megatron_polar.parallel.topology import Topology

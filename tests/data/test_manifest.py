@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from megatron_polar.data.contract import FORMAT_NAME, FORMAT_VERSION, DatasetManifest, read_manifest
+from megatron_polar.data.pair_dataset import FORMAT_NAME, FORMAT_VERSION, DatasetManifest, read_manifest
 from megatron_polar.utils.errors import DatasetError
 
 DOC = {

@@ -8,7 +8,7 @@ import torch
 
 from megatron_polar.data.batch import SharedPrefixParams
 from megatron_polar.data.batching import collate_shared, shared_footprint
-from megatron_polar.data.contract import shared_prefix_length
+from megatron_polar.data.pair_dataset import shared_prefix_length
 
 
 def _pairs(seed: int, n: int) -> list[tuple[list[int], list[int]]]:

@@ -11,7 +11,7 @@ import pytest
 import data_tools.build as build_mod
 from data_tools.build import BuildConfig, build_dataset, token_dtype
 from data_tools.records import InputError, RecordError, validate_triple
-from megatron_polar.data.contract import open_pair_dataset, read_manifest
+from megatron_polar.data.pair_dataset import open_pair_dataset, read_manifest
 from megatron_polar.data.format import build_polar_text, encode_pair
 from tests.support.text_data import make_triples, write_jsonl
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from data_tools.__main__ import main
-from megatron_polar.data.contract import open_pair_dataset
+from megatron_polar.data.pair_dataset import open_pair_dataset
 from tests.support.text_data import make_triples, write_jsonl
 
 

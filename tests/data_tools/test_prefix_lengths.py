@@ -13,8 +13,8 @@ from data_tools.__main__ import main
 from data_tools.build import BuildConfig, build_dataset
 from data_tools.merge import merge_build
 from data_tools.sharding import shard_prefix
-from megatron_polar.data import contract
-from megatron_polar.data.contract import DatasetError, open_pair_dataset, shared_prefix_length
+from megatron_polar.data import pair_dataset
+from megatron_polar.data.pair_dataset import DatasetError, open_pair_dataset, shared_prefix_length
 from tests.support.text_data import make_triples, write_jsonl
 
 CFG = BuildConfig(chunk_rows=16, max_length=256, max_response_length=100, progress=False)
@@ -26,8 +26,8 @@ def _cfg(**kw) -> BuildConfig:
 
 def _strip_sidecar(prefix: str) -> None:
     """Make ``prefix`` look like a format-v2 dataset built before the sidecar existed."""
-    os.remove(contract.prefix_lengths_path(prefix))
-    path = contract.manifest_path(prefix)
+    os.remove(pair_dataset.prefix_lengths_path(prefix))
+    path = pair_dataset.manifest_path(prefix)
     manifest = json.loads(open(path, encoding="utf-8").read())
     del manifest["prefix_lengths"]
     with open(path, "w", encoding="utf-8") as f:
@@ -68,7 +68,7 @@ def test_merge_names_a_shard_without_sidecar(tmp_path, sp_tok):
     prefix = str(tmp_path / "s")
     for i in range(2):
         build_dataset([src], prefix, sp_tok, _cfg(num_shards=2, shard_index=i))
-    os.remove(contract.prefix_lengths_path(shard_prefix(prefix, 1, 2)))
+    os.remove(pair_dataset.prefix_lengths_path(shard_prefix(prefix, 1, 2)))
     with pytest.raises(FileNotFoundError, match=r"shard-00001-of-00002\.prefix\.npy.*add-prefix-lengths"):
         merge_build(prefix, 2)
     assert not os.path.exists(prefix + ".manifest.json")
@@ -78,7 +78,7 @@ def test_old_dataset_opens_unshared_errors_clearly_and_is_fixed_in_place(tmp_pat
     src = write_jsonl(tmp_path / "t.jsonl", make_triples(50, seed=2))
     prefix = str(tmp_path / "old")
     build_dataset([src], prefix, sp_tok, CFG)
-    original = open(contract.prefix_lengths_path(prefix), "rb").read()
+    original = open(pair_dataset.prefix_lengths_path(prefix), "rb").read()
     _strip_sidecar(prefix)
 
     ds = open_pair_dataset(prefix)  # unshared training still works
@@ -86,12 +86,12 @@ def test_old_dataset_opens_unshared_errors_clearly_and_is_fixed_in_place(tmp_pat
     with pytest.raises(DatasetError) as err:
         ds.prefix_lengths()
     msg = str(err.value)
-    assert contract.prefix_lengths_path(prefix) in msg
+    assert pair_dataset.prefix_lengths_path(prefix) in msg
     assert f"python -m data_tools add-prefix-lengths {prefix}" in msg and "data.share_prefix" in msg
 
     assert main(["add-prefix-lengths", prefix]) == 0
     assert json.loads(capsys.readouterr().out)["shared_tokens"] > 0
-    assert open(contract.prefix_lengths_path(prefix), "rb").read() == original
+    assert open(pair_dataset.prefix_lengths_path(prefix), "rb").read() == original
     fixed = open_pair_dataset(prefix)
     assert fixed.has_prefix_lengths and len(fixed.prefix_lengths()) == 50
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]  # nothing left behind
@@ -104,11 +104,11 @@ def test_a_stale_sidecar_is_refused_on_open(tmp_path, sp_tok):
     src = write_jsonl(tmp_path / "t.jsonl", make_triples(20, seed=5))
     prefix = str(tmp_path / "ds")
     build_dataset([src], prefix, sp_tok, CFG)
-    arr = np.load(contract.prefix_lengths_path(prefix))
+    arr = np.load(pair_dataset.prefix_lengths_path(prefix))
     arr[0] += 1
-    np.save(contract.prefix_lengths_path(prefix), arr)
+    np.save(pair_dataset.prefix_lengths_path(prefix), arr)
     with pytest.raises(DatasetError, match=r"ds\.prefix\.npy: pair 0 holds"):
         open_pair_dataset(prefix)
-    np.save(contract.prefix_lengths_path(prefix), arr[:-1])
+    np.save(pair_dataset.prefix_lengths_path(prefix), arr[:-1])
     with pytest.raises(DatasetError, match=r"expected int32\(20,\)"):
         open_pair_dataset(prefix)

@@ -15,7 +15,7 @@ from data_tools.merge import merge_build, merge_pair
 from data_tools.pairing import PairConfig, run_pair
 from data_tools.records import RecordError, iter_raw_lines, validate_triple
 from data_tools.sharding import ShardSpec, iter_range_lines, plan_ranges, shard_path, shard_prefix
-from megatron_polar.data.contract import open_pair_dataset
+from megatron_polar.data.pair_dataset import open_pair_dataset
 from tests.data_tools.test_pairing import rollouts
 from tests.support.text_data import make_triples, write_jsonl
 

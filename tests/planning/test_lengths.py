@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_tools.build import BuildConfig, build_dataset
-from megatron_polar.data.contract import open_pair_dataset
+from megatron_polar.data.pair_dataset import open_pair_dataset
 from megatron_polar.plan import dataset_lengths
 from megatron_polar.planning.lengths import length_stats, paper_length_mix, shared_prefix_length
 from tests.support.text_data import make_triples, write_jsonl

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_polar.data.contract import open_pair_dataset
+from megatron_polar.data.pair_dataset import open_pair_dataset
 from tests.support.launcher import run_distributed
 from tests.support.training_runs import base_overrides, read_metrics, train_worker
 

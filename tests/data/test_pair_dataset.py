@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from megatron_polar.data.contract import (
+from megatron_polar.data.pair_dataset import (
     FORMAT_NAME,
     FORMAT_VERSION,
     DatasetError,
@@ -112,7 +112,7 @@ def test_documents_must_hold_two_sequences(tmp_path):
 
 
 def test_shared_prefix_length():
-    from megatron_polar.data.contract import shared_prefix_length
+    from megatron_polar.data.pair_dataset import shared_prefix_length
 
     a, b = np.array([1, 5, 6, 7, 9, 4]), np.array([1, 5, 6, 8, 4])
     assert shared_prefix_length(a, b) == 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from megatron_polar.data.dataset import PairBatches, PairPool
+from megatron_polar.data.sampler import PairBatches, PairPool
 
 
 class _FakeDataset:
