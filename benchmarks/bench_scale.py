@@ -108,8 +108,8 @@ def worker(table: Path, plan_dir: Path, mode: str, plan_workers: int = 0) -> dic
 
     import numpy as np
 
-    from megatron_polar.data.sampler import PairBatches, PoolRecipe, blend
     from megatron_polar.data.plan_store import PlanStore
+    from megatron_polar.data.sampler import PairBatches, PoolRecipe, blend
 
     base_kb = _rss_kb()
     t0, c0 = time.perf_counter(), time.process_time()

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data_tools.records import BadRows, RecordError, parse_line, validate_triple
-from megatron_polar.data.pair_dataset import shared_prefix_length
 from megatron_polar.data.format import encode_pair
+from megatron_polar.data.pair_dataset import shared_prefix_length
 from megatron_polar.data.tokenizer import PolarTokenizer
 
 TRUNCATION_KEYS = ("prompt", "reference", "chosen", "rejected")

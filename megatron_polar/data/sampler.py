@@ -28,9 +28,9 @@ import numpy as np
 from megatron_polar.config.schema import DataConfig, DatasetSpec
 from megatron_polar.data.batch import RewardBatch
 from megatron_polar.data.batching import collate_packed, collate_padded, collate_shared
-from megatron_polar.data.pair_dataset import PairDataset, bin_path, idx_path, manifest_path, open_pair_dataset
 from megatron_polar.data.epoch_plan import EpochPlan, compute_epoch_plan
 from megatron_polar.data.packing import DEFAULT_WINDOW
+from megatron_polar.data.pair_dataset import PairDataset, bin_path, idx_path, manifest_path, open_pair_dataset
 from megatron_polar.data.plan_store import PlanStore, PlanWriter
 from megatron_polar.utils.errors import ConfigError
 from megatron_polar.utils.logging import get_logger

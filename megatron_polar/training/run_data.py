@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from megatron_polar.config.schema import PolarConfig
-from megatron_polar.data.sampler import PairBatches, PoolRecipe, check_tokenizers, open_datasets, pool_recipes
 from megatron_polar.data.plan_store import PlanStore
+from megatron_polar.data.sampler import PairBatches, PoolRecipe, check_tokenizers, open_datasets, pool_recipes
 from megatron_polar.parallel import comm
 from megatron_polar.parallel.topology import Topology
 from megatron_polar.utils.errors import ConfigError

@@ -14,8 +14,8 @@ from megatron_polar.config import from_yaml, to_yaml
 from megatron_polar.config.model_shape import WEIGHT_KEYS, model_differences
 from megatron_polar.config.schema import PolarConfig
 from megatron_polar.config.validate import validate_fp8_hardware
-from megatron_polar.data.sampler import PairBatches
 from megatron_polar.data.prefetch import BatchPrefetcher
+from megatron_polar.data.sampler import PairBatches
 from megatron_polar.model.builder import build_model_chunks, resolve_use_te
 from megatron_polar.parallel import comm, topology
 from megatron_polar.planning.flops import model_flops

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from megatron_polar.data import epoch_plan
-from megatron_polar.data.sampler import PairPool
 from megatron_polar.data.epoch_plan import compute_epoch_plan
 from megatron_polar.data.plan_store import ArrayStream, PlanStore, check_plan, default_workers
+from megatron_polar.data.sampler import PairPool
 
 
 def _pool(n: int = 6000, seed: int = 0) -> PairPool:

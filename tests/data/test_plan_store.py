@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from megatron_polar.data import plan_store
-from megatron_polar.data.sampler import PairBatches, PoolRecipe, blend
 from megatron_polar.data.plan_store import PlanStore, check_plan
 from megatron_polar.data.prefetch import BatchPrefetcher
+from megatron_polar.data.sampler import PairBatches, PoolRecipe, blend
 from megatron_polar.utils.errors import PlanError
 from tests.support.launcher import process_context
 

@@ -9,10 +9,10 @@ import pytest
 from megatron_polar.config.loader import ConfigError
 from megatron_polar.config.schema import DataConfig, DatasetSpec
 from megatron_polar.data.batching import shared_footprint as batching_footprint
-from megatron_polar.data.pair_dataset import DatasetError, shared_prefix_length
-from megatron_polar.data.sampler import PairBatches, PairPool, blend, open_datasets, pool_recipes
 from megatron_polar.data.epoch_plan import pair_footprints
+from megatron_polar.data.pair_dataset import DatasetError, shared_prefix_length
 from megatron_polar.data.plan_store import PlanStore
+from megatron_polar.data.sampler import PairBatches, PairPool, blend, open_datasets, pool_recipes
 from megatron_polar.planning.lengths import length_stats
 
 

@@ -11,8 +11,8 @@ import pytest
 import data_tools.build as build_mod
 from data_tools.build import BuildConfig, build_dataset, token_dtype
 from data_tools.records import InputError, RecordError, validate_triple
-from megatron_polar.data.pair_dataset import open_pair_dataset, read_manifest
 from megatron_polar.data.format import build_polar_text, encode_pair
+from megatron_polar.data.pair_dataset import open_pair_dataset, read_manifest
 from tests.support.text_data import make_triples, write_jsonl
 
 CFG = BuildConfig(chunk_rows=16, max_length=256, max_response_length=100, progress=False)
