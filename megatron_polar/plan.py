@@ -31,30 +31,50 @@ import numpy as np
 
 from megatron_polar.config.loader import load_config
 from megatron_polar.config.schema import DataLayout, Precision, values
-from megatron_polar.data.pair_dataset import DatasetError, open_pair_dataset
+from megatron_polar.data.pair_dataset import (
+    DatasetError,
+    add_prefix_lengths_command,
+    open_pair_dataset,
+    shared_prefix_length,
+)
 from megatron_polar.planning import Hardware, plan_layout
 from megatron_polar.planning.calibration import CalibrationError, fit, load_measurements
-from megatron_polar.planning.lengths import LengthStats, length_stats, paper_length_mix, shared_prefix_length
+from megatron_polar.planning.lengths import LengthStats, length_stats, paper_length_mix
 from megatron_polar.planning.performance import GpuSpec, anchor_scale, predict_step
 from megatron_polar.planning.ranking import format_ranking, layout_of, rank_layouts
 from megatron_polar.planning.report import format_brief, format_table
 from megatron_polar.utils.errors import ConfigError
+from megatron_polar.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 PAPER_7B_BATCH_PAIRS = 4343  # the paper's batch for POLAR-7B (appendix A.1.2)
 PACKING_EFFICIENCY = 0.98  # non-padding share of packed rows (published packers reach >= 98%)
 
 
 def dataset_lengths(prefix: str, sample: int) -> LengthStats:
-    """Length statistics of a built dataset: lengths of every pair, shared prefixes of up to ``sample``
-    evenly spaced pairs (reading their tokens), scaled to the whole set by the sampled ratio."""
+    """Length statistics of a built dataset from its length index and shared-prefix sidecar.
+
+    Both are memory-mapped, so every pair counts and no token is read. A dataset built before the
+    sidecar existed falls back to reading the ids of up to ``sample`` evenly spaced pairs for their
+    shared prefixes and carrying the sample's ratios over to the whole set (the unshared totals stay
+    exact); ``data_tools add-prefix-lengths`` makes it exact.
+    """
     ds = open_pair_dataset(prefix)
-    lengths = np.asarray(ds.pair_lengths(), dtype=np.int64)
+    lengths = np.asarray(ds.pair_lengths(copy=False), dtype=np.int64)
+    if ds.has_prefix_lengths:
+        return length_stats(lengths[:, 0], lengths[:, 1], np.asarray(ds.prefix_lengths(), dtype=np.int64))
     n = len(lengths)
+    log.warning(
+        "%s has no shared-prefix sidecar: estimating shared prefixes from %d sampled pairs (exact with `%s`)",
+        prefix,
+        min(n, sample),
+        add_prefix_lengths_command(prefix),
+    )
     picks = np.unique(np.linspace(0, n - 1, min(n, sample)).astype(np.int64))
     prefix_len = np.array([shared_prefix_length(*ds.pair(int(i))) for i in picks])
     sampled = length_stats(lengths[picks, 0], lengths[picks, 1], prefix_len)
     full = length_stats(lengths[:, 0], lengths[:, 1], np.zeros(n))
-    # Unshared totals are exact; the shared ones carry the sample's ratios over to the whole set.
     return LengthStats(
         pairs=n,
         tokens=full.tokens,
@@ -138,7 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     data = ap.add_mutually_exclusive_group()
     data.add_argument("--dataset", metavar="PREFIX", help="built dataset: attended length from its pairs")
     data.add_argument("--length-mix", choices=["paper"], help="synthetic lengths of the paper's mix")
-    ap.add_argument("--dataset-sample", type=int, default=20000, help="pairs read for shared prefixes")
+    ap.add_argument(
+        "--dataset-sample",
+        type=int,
+        default=20000,
+        help="pairs read for shared prefixes when a dataset has no .prefix.npy sidecar",
+    )
     ap.add_argument("--share-prefix", action="store_true", help="prompt + reference computed once per pair")
     ap.add_argument("--calibrate", metavar="FILE", help="measured step(s) to fit the efficiency scale")
     ap.add_argument("--rank", action="store_true", help="rank the layouts that fit, fastest first")

@@ -16,7 +16,6 @@ summed over the data, not a fixed length:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,16 +54,6 @@ class LengthStats:
             "shared_attn_length": self.shared_attn_length,
             "token_ratio": self.token_ratio,
         }
-
-
-def shared_prefix_length(chosen: Sequence[int], rejected: Sequence[int]) -> int:
-    """Tokens the two sequences share at their start, leaving each at least its reward token."""
-    a, b = np.asarray(chosen), np.asarray(rejected)
-    n = min(len(a), len(b)) - 1
-    if n <= 0:
-        return 0
-    differ = np.flatnonzero(a[:n] != b[:n])
-    return int(differ[0]) if len(differ) else n
 
 
 def length_stats(chosen: np.ndarray, rejected: np.ndarray, prefix: np.ndarray) -> LengthStats:

@@ -140,14 +140,13 @@ def test_a_pool_without_prefixes_is_refused_by_name():
 
 def test_dataset_without_sidecar_fails_at_open_naming_file_and_fix(tmp_path, sp_tok):
     from data_tools.build import BuildConfig, build_dataset
-    from tests.data_tools.test_prefix_lengths import _strip_sidecar
-    from tests.support.text_data import make_triples, write_jsonl
+    from tests.support.text_data import make_triples, strip_prefix_sidecar, write_jsonl
 
     src = write_jsonl(tmp_path / "t.jsonl", make_triples(12))
     prefix = str(tmp_path / "old")
     build_dataset([src], prefix, sp_tok, BuildConfig(max_length=256, max_response_length=100, progress=False))
     assert len(open_datasets([DatasetSpec(path=prefix)], share_prefix=True)[0]) == 12
-    _strip_sidecar(prefix)
+    strip_prefix_sidecar(prefix)
     assert len(open_datasets([DatasetSpec(path=prefix)])[0]) == 12  # unshared: still fine
     with pytest.raises(DatasetError, match=rf"{prefix}\.prefix\.npy: missing.*add-prefix-lengths {prefix}"):
         open_datasets([DatasetSpec(path=prefix)], share_prefix=True)

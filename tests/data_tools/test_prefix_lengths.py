@@ -15,23 +15,13 @@ from data_tools.merge import merge_build
 from data_tools.sharding import shard_prefix
 from megatron_polar.data import pair_dataset
 from megatron_polar.data.pair_dataset import DatasetError, open_pair_dataset, shared_prefix_length
-from tests.support.text_data import make_triples, write_jsonl
+from tests.support.text_data import make_triples, strip_prefix_sidecar, write_jsonl
 
 CFG = BuildConfig(chunk_rows=16, max_length=256, max_response_length=100, progress=False)
 
 
 def _cfg(**kw) -> BuildConfig:
     return BuildConfig(**{**CFG.__dict__, **kw})
-
-
-def _strip_sidecar(prefix: str) -> None:
-    """Make ``prefix`` look like a format-v2 dataset built before the sidecar existed."""
-    os.remove(pair_dataset.prefix_lengths_path(prefix))
-    path = pair_dataset.manifest_path(prefix)
-    manifest = json.loads(open(path, encoding="utf-8").read())
-    del manifest["prefix_lengths"]
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(manifest, f)
 
 
 def test_build_records_the_shared_prefix_of_the_stored_ids(tmp_path, sp_tok):
@@ -79,7 +69,7 @@ def test_old_dataset_opens_unshared_errors_clearly_and_is_fixed_in_place(tmp_pat
     prefix = str(tmp_path / "old")
     build_dataset([src], prefix, sp_tok, CFG)
     original = open(pair_dataset.prefix_lengths_path(prefix), "rb").read()
-    _strip_sidecar(prefix)
+    strip_prefix_sidecar(prefix)
 
     ds = open_pair_dataset(prefix)  # unshared training still works
     assert not ds.has_prefix_lengths and ds.pair_lengths().shape == (50, 2)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from data_tools.build import BuildConfig, build_dataset
-from megatron_polar.data.pair_dataset import open_pair_dataset
+from megatron_polar.data.pair_dataset import open_pair_dataset, shared_prefix_length
 from megatron_polar.plan import dataset_lengths
-from megatron_polar.planning.lengths import length_stats, paper_length_mix, shared_prefix_length
-from tests.support.text_data import make_triples, write_jsonl
+from megatron_polar.planning.lengths import length_stats, paper_length_mix
+from tests.support.text_data import make_triples, strip_prefix_sidecar, write_jsonl
 
 
 def test_one_pair_by_hand():
@@ -58,3 +58,20 @@ def test_built_dataset_lengths_match_its_pairs(tmp_path, sp_tok):
     # Causal pairs including the diagonal are L(L+1)/2; the planner's L^2/2 drops the diagonal term.
     assert got.shared_attention_pairs == pytest.approx(shared_pairs - shared_tokens / 2, rel=1e-9)
     assert 0.3 < got.token_ratio < 1.0  # the pairs do share prompt and reference
+
+
+def test_dataset_without_sidecar_is_estimated_from_sampled_pairs(tmp_path, sp_tok, caplog):
+    src = write_jsonl(tmp_path / "t.jsonl", make_triples(40))
+    cfg = BuildConfig(chunk_rows=16, max_length=256, max_response_length=100, progress=False)
+    prefix = str(tmp_path / "ds")
+    build_dataset([src], prefix, sp_tok, cfg)
+    exact = dataset_lengths(prefix, sample=3)  # the sidecar: every pair, the sample size unused
+    strip_prefix_sidecar(prefix)
+    every = dataset_lengths(prefix, sample=1000)  # a sample of every pair is the whole set
+    assert "add-prefix-lengths" in caplog.text
+    assert every.tokens == exact.tokens and every.attention_pairs == exact.attention_pairs
+    assert every.shared_tokens == pytest.approx(exact.shared_tokens)
+    assert every.shared_attention_pairs == pytest.approx(exact.shared_attention_pairs)
+    few = dataset_lengths(prefix, sample=3)
+    assert few.tokens == exact.tokens  # unshared totals stay exact
+    assert few.shared_tokens != pytest.approx(exact.shared_tokens, rel=1e-9)  # only 3 pairs' prefixes

@@ -1,9 +1,10 @@
-"""Helpers for the data_tools tests: small JSONL inputs written on the fly."""
+"""Helpers for the data tests: small JSONL inputs written on the fly, and built datasets made to look old."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 
 WORDS = ["alpha", "beta", "gamma", "reward", "model", "policy", "the", "of", "和", "数据", "é", "\n"]
@@ -55,3 +56,16 @@ def make_triples(n: int, seed: int = 0, long_every: int = 0) -> list[dict]:
             row["wrapper"] = "pretrain"
         rows.append(row)
     return rows
+
+
+def strip_prefix_sidecar(prefix: str) -> None:
+    """Make the built dataset ``prefix`` look like one built before the shared-prefix sidecar existed."""
+    from megatron_polar.data.pair_dataset import manifest_path, prefix_lengths_path
+
+    os.remove(prefix_lengths_path(prefix))
+    path = manifest_path(prefix)
+    with open(path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    del manifest["prefix_lengths"]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f)
