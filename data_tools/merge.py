@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from data_tools.build import builder_lengths, length_stats
-from data_tools.index_builder import CompactIndexedDatasetBuilder
+from data_tools.index_builder import IndexedDatasetWriter
 from data_tools.pairing import done_path
 from data_tools.prefix_lengths import prefix_lengths_entry, write_prefix_file
 from data_tools.records import BadRows
@@ -137,11 +137,10 @@ def merge_build(prefix: str, count: int, overwrite: bool = False, remove_shards:
     }
     dtype = np.dtype(manifests[0].dtype)
     try:
-        builder = CompactIndexedDatasetBuilder(tmp["bin"], dtype=dtype.type)
-        for i, m in enumerate(manifests):
-            if m.pairs_written:  # megatron cannot map an empty shard's .bin; nothing to add
+        with IndexedDatasetWriter(tmp["bin"], dtype) as builder:
+            for i in range(count):  # empty shards too: their index is checked like any other
                 builder.add_index(shard_prefix(prefix, i, count))
-        builder.finalize(tmp["idx"])
+            builder.finalize(tmp["idx"])
         lengths = builder_lengths(builder)
         write_prefix_file(tmp["prefix"], (np.load(p, mmap_mode="r") for p in shard_sidecars), len(lengths))
         max_examples = manifests[0].shard.get("max_examples", 5)

@@ -115,7 +115,7 @@ def test_merge_refuses_incomplete_shards(tmp_path, sp_tok, monkeypatch):
     def killed(self, path_prefix):
         raise KeyboardInterrupt  # the task dies while merging its chunks
 
-    monkeypatch.setattr(index_builder.CompactIndexedDatasetBuilder, "add_index", killed)
+    monkeypatch.setattr(index_builder.IndexedDatasetWriter, "add_index", killed)
     with pytest.raises(KeyboardInterrupt):
         build_dataset(paths, prefix, sp_tok, _cfg(num_shards=2, shard_index=1))
     monkeypatch.undo()
