@@ -138,8 +138,14 @@ def merge_build(prefix: str, count: int, overwrite: bool = False, remove_shards:
     dtype = np.dtype(manifests[0].dtype)
     try:
         with IndexedDatasetWriter(tmp["bin"], dtype) as builder:
-            for i in range(count):  # empty shards too: their index is checked like any other
-                builder.add_index(shard_prefix(prefix, i, count))
+            for i, m in enumerate(manifests):  # empty shards too: their index is checked like any other
+                shard, before = shard_prefix(prefix, i, count), len(builder.document_indices)
+                builder.add_index(shard)
+                if len(builder.document_indices) - before != m.pairs_written:
+                    raise pair_dataset.DatasetError(
+                        f"{pair_dataset.idx_path(shard)}: {len(builder.document_indices) - before} "
+                        f"documents, its manifest says {m.pairs_written} pairs"
+                    )
             builder.finalize(tmp["idx"])
         lengths = builder_lengths(builder)
         write_prefix_file(tmp["prefix"], (np.load(p, mmap_mode="r") for p in shard_sidecars), len(lengths))
