@@ -17,8 +17,10 @@ import argparse
 import json
 import sys
 
+from data_tools.build import BuildConfig, build_dataset
 from data_tools.inspect_dataset import inspect, pair_records
 from data_tools.loops import LoopConfig
+from data_tools.merge import merge_build, merge_pair
 from data_tools.pairing import PairConfig, run_pair, run_rank
 from data_tools.prefix_lengths import add_prefix_lengths
 from data_tools.records import DEFAULT_MAX_LINE_BYTES, InputError, RecordError
@@ -248,10 +250,6 @@ def _run(args: argparse.Namespace) -> None:
         )
         print(json.dumps(stats.as_dict(), indent=2, ensure_ascii=False))
     elif args.command == "build":
-        # build and merge import torch and megatron-core (~14 s of CPU on a loaded host); pair, rank,
-        # inspect and --help stay free of both. The contract test lists these two as exceptions.
-        from data_tools.build import BuildConfig, build_dataset
-
         tok = load_tokenizer(
             args.tokenizer,
             args.split_token,
@@ -283,8 +281,6 @@ def _run(args: argparse.Namespace) -> None:
             )
         )
     elif args.command == "merge":
-        from data_tools.merge import merge_build, merge_pair
-
         if args.kind == "build":
             manifest = merge_build(args.output, args.num_shards, args.overwrite, args.remove_shards)
             summary = {"prefix": args.output, **manifest["counts"], "tokens": manifest["tokens"]}

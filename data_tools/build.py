@@ -2,9 +2,10 @@
 
 Pipeline: the parent streams input lines (plain/gz/zst, bounded line size) into fixed chunks of
 ``chunk_rows`` lines; workers tokenise each chunk into a shard (``data_tools.encode``); the parent
-merges shards in chunk order with ``add_index`` (``data_tools.index_builder``: megatron's builder with
-packed index buffers) while at most ``2 * workers`` chunks are in flight, so memory does not grow with
-the input beyond the index itself and the shared-prefix lengths (24 bytes per pair).
+merges shards in chunk order with ``add_index`` (``data_tools.index_builder``: megatron-core's format
+written without megatron-core, packed index buffers) while at most ``2 * workers`` chunks are in flight,
+so memory does not grow with the input beyond the index itself and the shared-prefix lengths (20 bytes
+per pair).
 
 Outputs are written under temporary names and renamed at the end: ``.bin``, ``.idx``, the shared-prefix
 sidecar ``.prefix.npy`` (``data_tools.prefix_lengths``), then the manifest, which marks a complete build. A failed or interrupted build leaves no manifest (and normally no
@@ -28,7 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data_tools.encode import TRUNCATION_KEYS, ChunkResult, EncodeSettings, encode_chunk, init_worker
-from data_tools.index_builder import CompactIndexedDatasetBuilder
+from data_tools.index_builder import IndexedDatasetWriter
+from data_tools.index_format import optimal_dtype
 from data_tools.prefix_lengths import prefix_lengths_entry, write_prefix_file
 from data_tools.records import DEFAULT_MAX_LINE_BYTES, BadRows, InputFile
 from data_tools.sharding import FileRange, ShardSpec, iter_range_lines, plan_ranges, shard_prefix
@@ -90,10 +92,8 @@ class BuildTotals:
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
-    """uint16 below 65500 ids, else int32 (megatron's ``DType.optimal_dtype``)."""
-    from megatron.core.datasets.indexed_dataset import DType
-
-    return np.dtype(DType.optimal_dtype(vocab_size))
+    """uint16 below 65500 ids, else int32 (megatron-core's ``DType.optimal_dtype``)."""
+    return optimal_dtype(vocab_size)
 
 
 def _chunks(
@@ -197,8 +197,8 @@ def build_dataset(
     infos: list[InputFile] = []
     start = time.perf_counter()
     try:
-        builder = CompactIndexedDatasetBuilder(tmp["bin"], dtype=dtype.type)
-        with _progress(cfg) as bar:
+        builder = IndexedDatasetWriter(tmp["bin"], dtype)
+        with builder, _progress(cfg) as bar:
             for result in _ordered_results(
                 _chunks(paths, cfg, ranges, infos), cfg.workers, (tokenizer, settings)
             ):
@@ -213,7 +213,7 @@ def build_dataset(
                 bar.set_postfix(tok_s=f"{totals.tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
         builder.finalize(tmp["idx"])
         elapsed = time.perf_counter() - start
-        # From the builder, not by reopening the files: megatron cannot map an empty .bin (an empty shard).
+        # From the builder, not by reopening the files: no second read, and an empty .bin cannot be mapped.
         lengths = builder_lengths(builder)
         prefix_lengths = np.frombuffer(totals.prefix_lengths, dtype=np.int32)
         write_prefix_file(tmp["prefix"], [prefix_lengths], len(lengths))
@@ -254,7 +254,7 @@ def build_dataset(
 
 
 def builder_lengths(builder) -> np.ndarray:
-    """[pairs, 2] sequence lengths a ``CompactIndexedDatasetBuilder`` has written."""
+    """[pairs, 2] sequence lengths an ``IndexedDatasetWriter`` has written."""
     lengths = np.frombuffer(builder.sequence_lengths, dtype=np.int32).astype(np.int64)
     return lengths.reshape(-1, pair_dataset.SEQUENCES_PER_PAIR)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from data_tools.index_builder import IndexedDatasetWriter
 from data_tools.records import BadRows, RecordError, parse_line, validate_triple
 from megatron_polar.data.format import encode_pair
 from megatron_polar.data.pair_dataset import shared_prefix_length
@@ -66,14 +67,12 @@ def init_worker(tokenizer: PolarTokenizer, settings: EncodeSettings) -> None:
 
 def encode_chunk(task: tuple[int, list[tuple[int, int, bytes | None]]]) -> ChunkResult:
     """Tokenise one chunk of ``(file_no, line_no, raw_line)`` into the shard ``chunk-<id>``."""
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
     tok: PolarTokenizer = _STATE["tokenizer"]
     s: EncodeSettings = _STATE["settings"]
     chunk_id, lines = task
     prefix = os.path.join(s.shard_dir, f"chunk-{chunk_id:08d}")
     result = ChunkResult(chunk_id, prefix, bad=BadRows(max_examples=s.max_examples), pid=os.getpid())
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.dtype(s.dtype).type)
+    builder = IndexedDatasetWriter(prefix + ".bin", dtype=s.dtype)
     for file_no, line_no, raw in lines:
         result.rows += 1
         location = f"{s.paths[file_no]}:{line_no}"

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from data_tools.build import builder_lengths, length_stats
-from data_tools.index_builder import CompactIndexedDatasetBuilder
+from data_tools.index_builder import IndexedDatasetWriter
 from data_tools.pairing import done_path
 from data_tools.prefix_lengths import prefix_lengths_entry, write_prefix_file
 from data_tools.records import BadRows
@@ -137,11 +137,16 @@ def merge_build(prefix: str, count: int, overwrite: bool = False, remove_shards:
     }
     dtype = np.dtype(manifests[0].dtype)
     try:
-        builder = CompactIndexedDatasetBuilder(tmp["bin"], dtype=dtype.type)
-        for i, m in enumerate(manifests):
-            if m.pairs_written:  # megatron cannot map an empty shard's .bin; nothing to add
-                builder.add_index(shard_prefix(prefix, i, count))
-        builder.finalize(tmp["idx"])
+        with IndexedDatasetWriter(tmp["bin"], dtype) as builder:
+            for i, m in enumerate(manifests):  # empty shards too: their index is checked like any other
+                shard, before = shard_prefix(prefix, i, count), len(builder.document_indices)
+                builder.add_index(shard)
+                if len(builder.document_indices) - before != m.pairs_written:
+                    raise pair_dataset.DatasetError(
+                        f"{pair_dataset.idx_path(shard)}: {len(builder.document_indices) - before} "
+                        f"documents, its manifest says {m.pairs_written} pairs"
+                    )
+            builder.finalize(tmp["idx"])
         lengths = builder_lengths(builder)
         write_prefix_file(tmp["prefix"], (np.load(p, mmap_mode="r") for p in shard_sidecars), len(lengths))
         max_examples = manifests[0].shard.get("max_examples", 5)

@@ -36,6 +36,11 @@ ENTRY_FLOOR = 7  # megatron_polar/<name>.py: train, convert, score, serve, evalu
 PLANNING_MAY_IMPORT = {"planning", "config", "utils"}
 # data_tools builds datasets offline, on machines without a process group.
 DATA_TOOLS_MAY_IMPORT = {"config", "data", "utils"}
+# ... and without torch or megatron-core: importing them costs ~11 s of CPU per build, merge and SLURM
+# array task. data_tools/index_format.py reads and writes megatron-core's indexed format itself.
+# (inspect and add-prefix-lengths read a built dataset through megatron_polar.data.pair_dataset, which
+# opens it with megatron-core's own IndexedDataset, lazily: tests/data_tools/test_no_torch.py.)
+DATA_TOOLS_NEVER_IMPORT = ("torch", "megatron")
 # The one place that talks to torch.distributed and megatron-core's parallel_state.
 DISTRIBUTED_MODULES = ("torch.distributed", "megatron.core.parallel_state")
 DISTRIBUTED_HOME = "megatron_polar/parallel/"
@@ -46,12 +51,6 @@ EXCEPTIONS: dict[tuple[str, str, str], str] = {
     # CPU hosts first, and keeps --help and --cfg free of the megatron-core import.
     ("megatron_polar/train.py", "megatron_polar.parallel.topology", "top"): "warning filter first",
     ("megatron_polar/train.py", "megatron_polar.training.trainer", "top"): "warning filter first",
-    # utils/logging.py stamps each record with the rank; it sits below parallel/ and must work before
-    # (and without) topology.initialize, so it asks torch.distributed for the rank, read-only.
-    ("megatron_polar/utils/logging.py", "torch.distributed", "distributed"): "rank for log records",
-    # build and merge import torch and megatron-core; pair, rank, inspect and --help run without them.
-    ("data_tools/__main__.py", "data_tools.build", "top"): "CLI start-up without torch",
-    ("data_tools/__main__.py", "data_tools.merge", "top"): "CLI start-up without torch",
 }
 
 
@@ -134,6 +133,8 @@ RULES = {
     "(utils < config < parallel, planning < data < model < checkpoint < training, scoring < entry points, demo)",
     "planning": "planning imports only planning, config and utils",
     "data_tools": "data_tools imports only data_tools and megatron_polar's config, data and utils",
+    "data_tools_heavy": "data_tools imports neither torch nor megatron-core (~11 s per process); "
+    "data_tools.index_format reads and writes the indexed-dataset format",
     "top": "project imports belong at module top; an import inside a function hides a layering problem",
     "distributed": "only megatron_polar/parallel/ talks to torch.distributed and parallel_state; "
     "ask megatron_polar.parallel instead",
@@ -153,6 +154,8 @@ def _broken_rules(own: str, imp: Import) -> list[str]:
         if not imp.file.startswith(DISTRIBUTED_HOME):
             broken.append("distributed")
     if own.split(".")[0] == "data_tools":
+        if target.split(".")[0] in DATA_TOOLS_NEVER_IMPORT:
+            broken.append("data_tools_heavy")
         tgt = _floor_of(target)
         if tgt is not None and tgt[0] not in DATA_TOOLS_MAY_IMPORT:
             broken.append("data_tools")
@@ -195,7 +198,11 @@ def test_the_check_catches_planted_violations(tmp_path):
     )
     tools = tmp_path / "data_tools"
     tools.mkdir()
-    (tools / "planted.py").write_text("from megatron_polar.training import trainer\n")
+    (tools / "planted.py").write_text(
+        "from megatron_polar.training import trainer\n"
+        "def f():\n"
+        "    from megatron.core.datasets.indexed_dataset import IndexedDataset\n"  # even lazily
+    )
     global ROOT
     saved, ROOT = ROOT, tmp_path
     try:
@@ -207,6 +214,8 @@ def test_the_check_catches_planted_violations(tmp_path):
         f"megatron_polar/data/planted.py:3: imports torch.distributed: {RULES['distributed']}",
         f"megatron_polar/data/planted.py:5: imports megatron_polar.utils.logging: {RULES['top']}",
         f"data_tools/planted.py:1: imports megatron_polar.training.trainer: {RULES['data_tools']}",
+        "data_tools/planted.py:3: imports megatron.core.datasets.indexed_dataset.IndexedDataset: "
+        f"{RULES['data_tools_heavy']}",
     ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -115,7 +116,7 @@ def test_merge_refuses_incomplete_shards(tmp_path, sp_tok, monkeypatch):
     def killed(self, path_prefix):
         raise KeyboardInterrupt  # the task dies while merging its chunks
 
-    monkeypatch.setattr(index_builder.CompactIndexedDatasetBuilder, "add_index", killed)
+    monkeypatch.setattr(index_builder.IndexedDatasetWriter, "add_index", killed)
     with pytest.raises(KeyboardInterrupt):
         build_dataset(paths, prefix, sp_tok, _cfg(num_shards=2, shard_index=1))
     monkeypatch.undo()
@@ -197,3 +198,18 @@ def test_more_shards_than_rows_leaves_empty_shards_that_merge(tmp_path, sp_tok):
     merge_build(prefix, 9)
     for ext in (".bin", ".idx"):
         assert (tmp_path / f"one{ext}").read_bytes() == (tmp_path / f"many{ext}").read_bytes()
+
+
+def test_merge_refuses_a_shard_whose_index_disagrees_with_its_manifest(tmp_path, sp_tok):
+    """A shard's .bin/.idx swapped for another shard's: merge names the file instead of joining it."""
+    paths = _inputs(tmp_path)
+    prefix = str(tmp_path / "ds")
+    for i in range(2):
+        build_dataset(paths, prefix, sp_tok, _cfg(num_shards=2, shard_index=i))
+    first, second = shard_prefix(prefix, 0, 2), shard_prefix(prefix, 1, 2)
+    for ext in (".bin", ".idx"):
+        os.replace(first + ext, second + ext)
+        shutil.copyfile(second + ext, first + ext)
+    with pytest.raises(ValueError, match=rf"{second}.idx: \d+ documents, its manifest says \d+ pairs"):
+        merge_build(prefix, 2)
+    assert not os.path.exists(prefix + ".bin") and not os.path.exists(prefix + ".idx")
