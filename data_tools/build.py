@@ -30,12 +30,12 @@ import numpy as np
 
 from data_tools.encode import TRUNCATION_KEYS, ChunkResult, EncodeSettings, encode_chunk, init_worker
 from data_tools.index_builder import IndexedDatasetWriter
-from data_tools.index_format import optimal_dtype
 from data_tools.prefix_lengths import prefix_lengths_entry, write_prefix_file
 from data_tools.records import DEFAULT_MAX_LINE_BYTES, BadRows, InputFile
 from data_tools.sharding import FileRange, ShardSpec, iter_range_lines, plan_ranges, shard_prefix
 from megatron_polar.data import pair_dataset
 from megatron_polar.data.format import check_lengths
+from megatron_polar.data.index_format import optimal_dtype
 from megatron_polar.data.packing import pack_pairs, packing_efficiency, split_oversize
 from megatron_polar.data.tokenizer import PolarTokenizer
 from megatron_polar.utils.io import check_writable

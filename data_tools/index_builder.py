@@ -4,7 +4,7 @@ Used for every ``.bin``/``.idx`` that ``data_tools`` writes: each chunk's shard 
 parent's merge of its chunks (``build``) and the merge of shard builds (``merge``). Its files are
 byte-identical to megatron-core's ``IndexedDatasetBuilder`` (megatron/core/datasets/indexed_dataset.py,
 ``add_document``/``add_index``/``finalize``, lines 979-1038; ``tests/data_tools/test_index_builder.py``
-compares them). The format itself is in :mod:`data_tools.index_format`.
+compares them). The format itself is in :mod:`megatron_polar.data.index_format`.
 
 What differs from upstream is the state it keeps: upstream holds the index as Python lists (~200 bytes
 per pair once ``add_index`` has extended them with numpy scalars), calls ``gc.collect()`` on every
@@ -21,7 +21,7 @@ from array import array
 
 import numpy as np
 
-from data_tools.index_format import dtype_code, read_index, write_index
+from megatron_polar.data.index_format import dtype_code, read_index, write_index
 from megatron_polar.utils.errors import DatasetError
 
 _COPY_BLOCK = 1 << 22

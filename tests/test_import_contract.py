@@ -37,7 +37,7 @@ PLANNING_MAY_IMPORT = {"planning", "config", "utils"}
 # data_tools builds datasets offline, on machines without a process group.
 DATA_TOOLS_MAY_IMPORT = {"config", "data", "utils"}
 # ... and without torch or megatron-core: importing them costs ~11 s of CPU per build, merge and SLURM
-# array task. data_tools/index_format.py reads and writes megatron-core's indexed format itself.
+# array task. megatron_polar/data/index_format.py reads and writes megatron-core's indexed format itself.
 # (inspect and add-prefix-lengths read a built dataset through megatron_polar.data.pair_dataset, which
 # opens it with megatron-core's own IndexedDataset, lazily: tests/data_tools/test_no_torch.py.)
 DATA_TOOLS_NEVER_IMPORT = ("torch", "megatron")
@@ -134,7 +134,7 @@ RULES = {
     "planning": "planning imports only planning, config and utils",
     "data_tools": "data_tools imports only data_tools and megatron_polar's config, data and utils",
     "data_tools_heavy": "data_tools imports neither torch nor megatron-core (~11 s per process); "
-    "data_tools.index_format reads and writes the indexed-dataset format",
+    "megatron_polar.data.index_format reads and writes the indexed-dataset format",
     "top": "project imports belong at module top; an import inside a function hides a layering problem",
     "distributed": "only megatron_polar/parallel/ talks to torch.distributed and parallel_state; "
     "ask megatron_polar.parallel instead",

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from megatron_polar.data import index_format
 from megatron_polar.utils.errors import DatasetError
 
 FORMAT_NAME = "polar-pairs"
@@ -42,9 +43,6 @@ FORMAT_VERSION = 2
 SEQUENCES_PER_PAIR = 2
 CHOSEN, REJECTED = 0, 1  # sequence index within a pair document
 _SAMPLED_CHECKS = 16  # pairs whose last tokens are checked on open
-# megatron-core's .idx header: 9-byte magic, 8-byte version, 1-byte dtype code, 8-byte sequence count,
-# 8-byte document count (megatron/core/datasets/indexed_dataset.py, _IndexReader.__init__).
-_INDEX_HEADER_BYTES = 34
 PREFIX_LENGTHS_SUFFIX = ".prefix.npy"
 PREFIX_LENGTHS_DTYPE = np.dtype("<i4")  # a prefix is shorter than a sequence, and sequences fit int32
 
@@ -290,8 +288,8 @@ def _check_index(prefix: str, manifest: dict, indexed, check_samples: int) -> No
     cache per node. A build writes the index in one pass from the same lengths it writes tokens for,
     and its manifest (written last) records the pair and token counts, so what is checked here is what
     a truncated, overwritten or mismatched file would break: the file sizes implied by the header
-    (megatron-core's index: a 34-byte header, then int32 lengths, int64 byte pointers and int64
-    document boundaries), both ends of every array, the totals against the manifest, and boundaries
+    (:mod:`~megatron_polar.data.index_format`: a 34-byte header, then int32 lengths, int64 byte
+    pointers and int64 document boundaries), both ends of every array, the totals against the manifest, and boundaries
     and pointers at evenly spread samples.
     """
     idx, bin_ = idx_path(prefix), bin_path(prefix)
@@ -301,7 +299,7 @@ def _check_index(prefix: str, manifest: dict, indexed, check_samples: int) -> No
     expected = manifest.get("counts", {}).get("pairs_written")
     if expected is not None and n_pairs != expected:
         raise DatasetError(f"{idx}: {n_pairs} documents, manifest says {expected} pairs")
-    idx_bytes = _INDEX_HEADER_BYTES + lengths.nbytes + pointers.nbytes + docs.nbytes
+    idx_bytes = index_format.HEADER_BYTES + lengths.nbytes + pointers.nbytes + docs.nbytes
     if os.path.getsize(idx) != idx_bytes:
         raise DatasetError(f"{idx}: {os.path.getsize(idx)} bytes, its header implies {idx_bytes}")
     where = _sample_positions(n_pairs + 1, check_samples + 1)

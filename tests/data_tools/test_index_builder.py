@@ -18,10 +18,10 @@ from megatron.core.datasets.indexed_dataset import (
     _IndexReader,
 )
 
-from data_tools import index_format
 from data_tools.build import token_dtype
 from data_tools.index_builder import IndexedDatasetWriter
-from data_tools.index_format import DTYPE_CODES, optimal_dtype, read_index
+from megatron_polar.data import index_format
+from megatron_polar.data.index_format import DTYPE_CODES, optimal_dtype, read_index
 from megatron_polar.utils.errors import DatasetError
 
 DTYPES = [np.uint16, np.int32]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -60,7 +62,9 @@ def test_built_dataset_lengths_match_its_pairs(tmp_path, sp_tok):
     assert 0.3 < got.token_ratio < 1.0  # the pairs do share prompt and reference
 
 
-def test_dataset_without_sidecar_is_estimated_from_sampled_pairs(tmp_path, sp_tok, caplog):
+def test_dataset_without_sidecar_is_estimated_from_sampled_pairs(tmp_path, sp_tok, caplog, monkeypatch):
+    # A CLI test earlier in the session may have run setup_logging, which stops propagation to the root.
+    monkeypatch.setattr(logging.getLogger("megatron_polar"), "propagate", True)
     src = write_jsonl(tmp_path / "t.jsonl", make_triples(40))
     cfg = BuildConfig(chunk_rows=16, max_length=256, max_response_length=100, progress=False)
     prefix = str(tmp_path / "ds")
