@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -105,7 +106,9 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
 
 
-def _bad_group(kind: str, unit: str, r: int, k: int, p: int, lengths: list[int], s: int, col: int) -> None:
+def _bad_group(
+    kind: str, unit: str, r: int, k: int, p: int, lengths: list[int], s: int, col: int
+) -> NoReturn:
     """Raise the error for a group that is malformed or does not fit its row."""
     if p < 0 or not lengths or min(lengths) <= p:
         what = "an empty sequence" if p == 0 else f"the prefix of {p} leaves a member empty"
