@@ -1,60 +1,223 @@
-"""Turn token pairs into :class:`RewardBatch` micro-batches, padded or packed.
+"""Turn token sequences into :class:`RewardBatch` micro-batches: one placement, four layouts.
 
 A *pair* is ``(chosen_ids, rejected_ids)``; each sequence ends with the reward token, whose hidden state
 is scored. Rows are always ``seq_length`` long so pipeline stages exchange fixed-shape activations.
 
-* padded: one sequence per row (2 rows per pair), causal attention.
-* packed: whole pairs packed into rows; a block-diagonal causal mask (local spec) or THD
-  ``cu_seqlens`` (Transformer Engine) keeps sequences from attending to each other, and position ids
-  restart at every sequence.
-* shared: whole pairs packed into rows, each pair laid out ``prefix | chosen suffix | rejected suffix``
-  so the prefix the two sequences share is computed once (:func:`collate_shared`,
-  :class:`~megatron_polar.data.batch.SharedPrefixParams`; docs/shared_prefix_attention.md draws the layout).
+Every layout is rows of *groups* ``(p, members)``: the members' common first ``p`` tokens placed once,
+then each member's suffix, every suffix attending to the prefix and itself. :func:`place_rows` is the one
+routine that lays such rows out: tokens, position ids, reward positions, token counts and the segment
+table of ``data/segments.py`` (which turns it into the local spec's mask or THD params).
+
+* padded (:func:`collate_padded`, and the scorer's ``collate_sequences``): one group ``(0, [seq])`` per
+  row, its padding tail attending causally like the rest of the row (one whole-row segment), so the
+  mask is a broadcast view of one causal mask and the positions a view of one ``arange``.
+* packed (:func:`collate_packed`): whole pairs packed into rows, each sequence a group ``(0, [seq])``;
+  a block-diagonal causal mask (local spec) or THD ``cu_seqlens`` (Transformer Engine) keeps sequences
+  from attending to each other, and position ids restart at every sequence. A row's padding tail is its
+  own segment.
+* shared (:func:`collate_shared`, :func:`collate_prefix_groups`): each pair one group ``(p, [chosen,
+  rejected])`` with ``p`` the prefix the two share, computed once (the scorer groups any number of
+  candidates the same way); :class:`~megatron_polar.data.batch.SharedPrefixParams`, no ``s x s`` mask
+  (docs/shared_prefix_attention.md draws the layout).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 import torch
-from megatron.core.packed_seq_params import PackedSeqParams
+from torch import Tensor
 
-from megatron_polar.data.batch import RewardBatch, SharedPrefixParams
+from megatron_polar.data.batch import RewardBatch
 from megatron_polar.data.pair_dataset import shared_prefix_length
+from megatron_polar.data.segments import causal_mask, positions_from_zero, segments_to_mask, segments_to_thd
 
 Pair = tuple[Sequence[int], Sequence[int]]
+Group = tuple[int, Sequence[Sequence[int]]]  # (prefix length, members)
 
 
-def _causal_mask(seq_length: int) -> torch.Tensor:
-    return torch.triu(torch.ones(seq_length, seq_length, dtype=torch.bool), diagonal=1)
+@dataclass
+class Placement:
+    """Rows of placed groups, and the segment table that says what each token attends to.
+
+    ``segments`` rows are ``(q_start, q_end, kv_start, kv_end)`` over the flat stream and the gathered key
+    stream ``kv_index`` (see ``data/segments.py``); they tile the stream in order. Both are derived on
+    first use from ``table`` (``q_start, q_end, prefix_start, prefix_end, first position`` per segment),
+    so the padded layout, which needs neither, does not pay for them.
+    """
+
+    tokens: Tensor  # [rows, s] int64
+    seq_length: int
+    table: list[tuple[int, int, int, int, int]]
+    reward_index: Tensor  # [members] int64: flat index of each member's last token, in row order
+    num_real_tokens: int
+    sum_sq_lengths: int
+    one_segment_per_row: bool  # every row one segment from column 0 to its end, positions from 0
+
+    @property
+    def rows(self) -> int:
+        return self.tokens.shape[0]
+
+    @functools.cached_property
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        table = np.asarray(self.table, dtype=np.int64).reshape(-1, 5)
+        q_len, ctx_len = table[:, 1] - table[:, 0], table[:, 3] - table[:, 2]
+        # each segment's keys: its prefix (if any), then its own queries
+        kv_index = _ranges(table[:, [2, 0]].ravel(), np.stack([ctx_len, q_len], axis=1).ravel())
+        kv_end = np.cumsum(ctx_len + q_len)
+        segments = np.stack([table[:, 0], table[:, 1], kv_end - ctx_len - q_len, kv_end], axis=1)
+        return segments, kv_index, table[:, 4]
+
+    @property
+    def segments(self) -> np.ndarray:
+        """``[n, 4]`` int64 ``(q_start, q_end, kv_start, kv_end)``."""
+        return self._arrays[0]
+
+    @property
+    def kv_index(self) -> np.ndarray:
+        """``[t_kv]`` int64: the flat token index of each gathered key."""
+        return self._arrays[1]
+
+    def position_ids(self) -> Tensor:
+        """``[rows, s]`` int64; a broadcast view of one ``arange`` when each row is one segment from 0."""
+        s = self.seq_length
+        if self.one_segment_per_row:
+            return positions_from_zero(s).expand(self.rows, -1)
+        segments, _, first = self._arrays
+        flat = np.repeat(first - segments[:, 0], segments[:, 1] - segments[:, 0]) + np.arange(self.rows * s)
+        return torch.from_numpy(flat.reshape(self.rows, s))
+
+    def attention_mask(self) -> Tensor:
+        """The local spec's boolean ``[rows, 1, s, s]`` mask (True = masked); a broadcast view of one
+        causal mask when each row is one segment from 0."""
+        s = self.seq_length
+        if self.one_segment_per_row:
+            return causal_mask(s)[None, None].expand(self.rows, 1, s, s)
+        return segments_to_mask(self.segments, self.kv_index, self.rows, s)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concat(arange(a, a + n) for a, n in zip(starts, lengths))`` without a Python loop."""
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+
+
+def _bad_group(
+    kind: str, unit: str, r: int, k: int, p: int, lengths: list[int], s: int, col: int
+) -> NoReturn:
+    """Raise the error for a group that is malformed or does not fit its row."""
+    if p < 0 or not lengths or min(lengths) <= p:
+        what = "an empty sequence" if p == 0 else f"the prefix of {p} leaves a member empty"
+        raise ValueError(f"{kind} {r}, {unit} {k}: {what}")
+    need = p + sum(lengths) - len(lengths) * p
+    raise ValueError(
+        f"{kind} {r} overflows data.seq_length={s}: {unit} {k} needs {need} tokens from column {col}"
+    )
+
+
+def place_rows(
+    rows: Sequence[Sequence[Group]],
+    seq_length: int,
+    pad_id: int = 0,
+    *,
+    pad_tail: str = "own",
+    kind: str = "row",
+    unit: str = "group",
+) -> Placement:
+    """Lay out rows of groups ``(p, members)``: each group's first ``p`` tokens once, then each member's
+    suffix (at least one token), position ids continuing from the prefix into every suffix.
+
+    Segments: the prefix attends to itself, each suffix to ``[prefix; suffix]``. A row's unused tail is
+    ``pad_id`` tokens; with ``pad_tail="own"`` it is a segment of its own (positions from 0), with
+    ``"extend"`` it lengthens the row's last segment (positions continue; the padded layout). ``kind``
+    and ``unit`` name a row and a group in errors. ``sum_sq_lengths`` counts a member of ``n`` tokens as
+    ``n**2 - p**2`` and the prefix as ``p**2`` (twice the query-key pairs of causal attention).
+    """
+    if pad_tail not in ("own", "extend"):
+        raise ValueError(f"pad_tail must be 'own' or 'extend', got {pad_tail!r}")
+    s = seq_length
+    buf = np.full(len(rows) * s, pad_id, dtype=np.int64)
+    segs: list[tuple[int, int, int, int, int]] = []  # (q_start, q_end, ctx_start, ctx_end, first position)
+    reward: list[int] = []
+    real = sq = 0
+    whole_rows, extend = True, pad_tail == "extend"
+    for r, row in enumerate(rows):
+        base = col = r * s
+        first = len(segs)
+        for k, (p, members) in enumerate(row):
+            # one whole sequence (every padded and packed group): the common case, kept lean
+            if p == 0 and len(members) == 1:
+                seq = members[0]
+                n = len(seq)
+                if not 0 < n <= base + s - col:
+                    _bad_group(kind, unit, r, k, 0, [n], s, col - base)
+                buf[col : col + n] = seq
+                segs.append((col, col + n, col, col, 0))
+                col += n
+                reward.append(col - 1)
+                sq += n * n
+                continue
+            lengths = [len(m) for m in members]
+            need = p + sum(lengths) - len(lengths) * p
+            if p < 0 or not lengths or min(lengths) <= p or col + need > base + s:
+                _bad_group(kind, unit, r, k, p, lengths, s, col - base)
+            if p:
+                buf[col : col + p] = members[0][:p]
+                segs.append((col, col + p, col, col, 0))
+            prefix, col = col, col + p
+            for m, n in zip(members, lengths):
+                buf[col : col + n - p] = m[p:] if p else m
+                segs.append((col, col + n - p, prefix, prefix + p, p))
+                col += n - p
+                reward.append(col - 1)
+                sq += n * n - p * p
+            sq += p * p
+        real += col - base
+        end = base + s
+        if col < end:
+            if extend and len(segs) > first:
+                q0, _, c0, c1, pos = segs[-1]
+                segs[-1] = (q0, end, c0, c1, pos)
+            else:  # the padding tail attends only to itself
+                segs.append((col, end, col, col, 0))
+        if whole_rows:
+            whole_rows = len(segs) == first + 1 and segs[-1][0] == base
+    return Placement(
+        tokens=torch.from_numpy(buf.reshape(len(rows), s)),
+        seq_length=s,
+        table=segs,
+        reward_index=torch.from_numpy(np.array(reward, dtype=np.int64)),
+        num_real_tokens=real,
+        sum_sq_lengths=sq,
+        # a whole-row segment starts at position 0 and attends to itself (it has no prefix: p = 0)
+        one_segment_per_row=whole_rows,
+    )
+
+
+def _check_lengths(seqs: Sequence[Sequence[int]], seq_length: int) -> None:
+    for seq in seqs:
+        if not 0 < len(seq) <= seq_length:
+            raise ValueError(f"sequence of {len(seq)} tokens does not fit data.seq_length={seq_length}")
 
 
 def collate_padded(
     pairs: Sequence[Pair], seq_length: int, pad_id: int = 0, explicit_mask: bool = True
 ) -> RewardBatch:
     """Two rows per pair, right-padded to ``seq_length``; rewards read at each sequence's last token."""
-    rows = [seq for pair in pairs for seq in pair]
-    tokens = torch.full((len(rows), seq_length), pad_id, dtype=torch.long)
-    reward_index = torch.empty(len(rows), dtype=torch.long)
-    real = sq = 0
-    for r, seq in enumerate(rows):
-        n = len(seq)
-        if not 0 < n <= seq_length:
-            raise ValueError(f"sequence of {n} tokens does not fit data.seq_length={seq_length}")
-        tokens[r, :n] = torch.as_tensor(np.asarray(seq, dtype=np.int64))
-        reward_index[r] = r * seq_length + n - 1
-        real += n
-        sq += n * n
-    position_ids = torch.arange(seq_length).expand(len(rows), -1).contiguous()
-    mask = _causal_mask(seq_length).expand(len(rows), 1, -1, -1) if explicit_mask else None
+    seqs = [seq for pair in pairs for seq in pair]
+    _check_lengths(seqs, seq_length)
+    placed = place_rows([[(0, [seq])] for seq in seqs], seq_length, pad_id, pad_tail="extend")
     return RewardBatch(
-        tokens=tokens,
-        position_ids=position_ids,
-        reward_index=reward_index.view(-1, 2),
-        attention_mask=mask,
-        num_real_tokens=real,
-        sum_sq_lengths=sq,
+        tokens=placed.tokens,
+        position_ids=placed.position_ids().contiguous(),
+        reward_index=placed.reward_index.view(-1, 2),
+        attention_mask=placed.attention_mask() if explicit_mask else None,
+        num_real_tokens=placed.num_real_tokens,
+        sum_sq_lengths=placed.sum_sq_lengths,
     )
 
 
@@ -67,51 +230,21 @@ def collate_packed(
     ``cu_seqlens`` (the padding tail of each row is its own segment); otherwise a block-diagonal causal
     mask ``[rows, 1, s, s]`` is built.
     """
-    n_rows = len(rows)
-    tokens = torch.full((n_rows, seq_length), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((n_rows, seq_length), dtype=torch.long)
-    segment = torch.full((n_rows, seq_length), -1, dtype=torch.long)
-    reward_index: list[int] = []
-    seqlens: list[int] = []
-    real = sq = 0
-    for r, row in enumerate(rows):
-        col = 0
-        for chosen, rejected in row:
-            for seq in (chosen, rejected):
-                n = len(seq)
-                if col + n > seq_length:
-                    raise ValueError(f"packed row {r} overflows data.seq_length={seq_length}")
-                tokens[r, col : col + n] = torch.as_tensor(np.asarray(seq, dtype=np.int64))
-                position_ids[r, col : col + n] = torch.arange(n)
-                segment[r, col : col + n] = len(seqlens)
-                reward_index.append(r * seq_length + col + n - 1)
-                seqlens.append(n)
-                sq += n * n
-                col += n
-        real += col
-        if col < seq_length:  # the padding tail attends only to itself
-            position_ids[r, col:] = torch.arange(seq_length - col)
-            segment[r, col:] = len(seqlens)
-            seqlens.append(seq_length - col)
+    groups = [[(0, [seq]) for pair in row for seq in pair] for row in rows]
+    placed = place_rows(groups, seq_length, pad_id, kind="packed row", unit="sequence")
     batch = RewardBatch(
-        tokens=tokens,
-        position_ids=position_ids,
-        reward_index=torch.tensor(reward_index, dtype=torch.long).view(-1, 2),
-        num_real_tokens=real,
-        sum_sq_lengths=sq,
+        tokens=placed.tokens,
+        position_ids=placed.position_ids(),
+        reward_index=placed.reward_index.view(-1, 2),
+        num_real_tokens=placed.num_real_tokens,
+        sum_sq_lengths=placed.sum_sq_lengths,
     )
     if thd:
-        cu = torch.zeros(len(seqlens) + 1, dtype=torch.int32)
-        cu[1:] = torch.cumsum(torch.tensor(seqlens, dtype=torch.int32), 0)
-        max_len = max(seqlens)
-        batch.tokens = tokens.view(1, -1)
-        batch.position_ids = position_ids.view(1, -1)
-        batch.packed_seq_params = PackedSeqParams(
-            qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max_len, max_seqlen_kv=max_len
-        )
+        batch.tokens = batch.tokens.view(1, -1)
+        batch.position_ids = batch.position_ids.reshape(1, -1)
+        batch.packed_seq_params = segments_to_thd(placed.segments, placed.kv_index)
     else:
-        same = segment.unsqueeze(2) == segment.unsqueeze(1)
-        batch.attention_mask = (~same | _causal_mask(seq_length)).unsqueeze(1)
+        batch.attention_mask = placed.attention_mask()
     return batch
 
 
@@ -160,85 +293,27 @@ def collate_shared(rows: Sequence[Sequence[Pair]], seq_length: int, pad_id: int 
 
 
 def collate_prefix_groups(
-    rows: Sequence[Sequence[tuple[int, Sequence[Sequence[int]]]]],
+    rows: Sequence[Sequence[Group]],
     seq_length: int,
     pad_id: int = 0,
     unit: str = "group",
 ) -> RewardBatch:
-    """Rows of prefix groups ``(p, members)``: the members' common first ``p`` ids placed once, then each
-    member's suffix (at least one token each), every suffix attending to the prefix and itself.
+    """Rows of prefix groups ``(p, members)`` (see :func:`place_rows`) as one ``[1, rows*seq_length]``
+    stream described by :class:`SharedPrefixParams`.
 
     The layout of :func:`collate_shared` (a pair is a group of two) for any number of members, as the
     scorer groups the candidates of one prompt. ``reward_index`` is ``[members, 1]`` in row order;
     ``unit`` names a group in the overflow error.
     """
-    n_rows = len(rows)
-    tokens = torch.full((n_rows, seq_length), pad_id, dtype=torch.long)
-    positions = np.zeros((n_rows, seq_length), dtype=np.int64)
-    segments: list[tuple[int, int, int, int]] = []
-    kv_parts: list[np.ndarray] = []
-    reward_index: list[int] = []
-    kv_len = real = sq = 0
-
-    def add_segment(q_start: int, q_end: int, kv_ranges: list[tuple[int, int]]) -> None:
-        nonlocal kv_len
-        n_kv = sum(b - a for a, b in kv_ranges)
-        segments.append((q_start, q_end, kv_len, kv_len + n_kv))
-        kv_parts.extend(np.arange(a, b, dtype=np.int64) for a, b in kv_ranges)
-        kv_len += n_kv
-
-    for r, row in enumerate(rows):
-        base, col = r * seq_length, 0
-        for k, (p, members) in enumerate(row):
-            seqs = [np.asarray(m, dtype=np.int64) for m in members]
-            if p < 0 or any(len(m) <= p for m in seqs):
-                raise ValueError(
-                    f"shared-prefix row {r}, {unit} {k}: the prefix of {p} leaves a member empty"
-                )
-            need = p + sum(len(m) - p for m in seqs)
-            if col + need > seq_length:
-                raise ValueError(
-                    f"shared-prefix row {r} overflows data.seq_length={seq_length}: {unit} {k} needs {need} "
-                    f"tokens from column {col}"
-                )
-            prefix = (base + col, base + col + p)
-            tokens[r, col : col + p] = torch.from_numpy(seqs[0][:p])
-            positions[r, col : col + p] = np.arange(p)
-            if p:
-                add_segment(*prefix, [prefix])
-            col += p
-            for seq in seqs:
-                n = len(seq) - p
-                tokens[r, col : col + n] = torch.from_numpy(seq[p:])
-                positions[r, col : col + n] = np.arange(p, len(seq))
-                add_segment(base + col, base + col + n, [prefix, (base + col, base + col + n)])
-                reward_index.append(base + col + n - 1)
-                col += n
-                sq += len(seq) ** 2 - p * p
-            sq += p * p
-        real += col
-        if col < seq_length:  # the padding tail attends only to itself
-            positions[r, col:] = np.arange(seq_length - col)
-            add_segment(base + col, base + seq_length, [(base + col, base + seq_length)])
-    seg = np.asarray(segments, dtype=np.int64).reshape(-1, 4)
-    cu_q = np.concatenate([[0], seg[:, 1]])
-    cu_kv = np.concatenate([[0], seg[:, 3]])
-    flat_positions = torch.from_numpy(positions.reshape(1, -1))
-    psp = SharedPrefixParams(
-        qkv_format="thd",
-        cu_seqlens_q=torch.from_numpy(cu_q.astype(np.int32)),
-        cu_seqlens_kv=torch.from_numpy(cu_kv.astype(np.int32)),
-        max_seqlen_q=int((seg[:, 1] - seg[:, 0]).max()),
-        max_seqlen_kv=int((seg[:, 3] - seg[:, 2]).max()),
-        kv_index=torch.from_numpy(np.concatenate(kv_parts)),
-        positions=flat_positions.view(-1),
-        segments=tuple(tuple(int(v) for v in s) for s in segments),
-    )
+    placed = place_rows(rows, seq_length, pad_id, kind="shared-prefix row", unit=unit)
+    flat_positions = placed.position_ids().reshape(1, -1)
     return RewardBatch(
-        tokens=tokens.view(1, -1),
+        tokens=placed.tokens.view(1, -1),
         position_ids=flat_positions,
-        reward_index=torch.tensor(reward_index, dtype=torch.long).view(-1, 1),
-        packed_seq_params=psp,
-        num_real_tokens=real,
-        sum_sq_lengths=sq,
+        reward_index=placed.reward_index.view(-1, 1),
+        packed_seq_params=segments_to_thd(
+            placed.segments, placed.kv_index, positions=flat_positions.view(-1), shared=True
+        ),
+        num_real_tokens=placed.num_real_tokens,
+        sum_sq_lengths=placed.sum_sq_lengths,
     )

@@ -37,6 +37,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import Tensor
 
 from megatron_polar.data.batch import SharedPrefixParams
+from megatron_polar.data.segments import causal_mask
 from megatron_polar.model.sdpa_attention import SdpaAttention
 
 
@@ -68,18 +69,16 @@ def varlen_attention(
     ``query`` is ``[t, heads, dim]``, ``key``/``value`` the gathered ``[t_kv, groups, dim]``;
     ``segments`` holds ``(q_start, q_end, kv_start, kv_end)``: query ``i`` of a segment of ``lq``
     queries sees key ``j`` of its ``lk`` keys iff ``j <= i + lk - lq``. Returns ``[t, heads * dim]``.
-    Each segment builds at most an ``[lq, lk]`` mask; none of the row's size.
+    Each segment takes at most an ``[lq, lk]`` mask (``data/segments.py:causal_mask``); none of the row's
+    size.
     """
     gqa = key.shape[1] != query.shape[1]
     outs = []
     for q0, q1, k0, k1 in segments:
         lq, lk = q1 - q0, k1 - k0
         q, k, v = (x.transpose(0, 1) for x in (query[q0:q1], key[k0:k1], value[k0:k1]))
-        keep = None
-        if lk != lq:  # top-left and bottom-right alignments only differ then
-            cols = torch.arange(lk, device=query.device)
-            rows = torch.arange(lq, device=query.device).unsqueeze(1)
-            keep = cols <= rows + (lk - lq)
+        # top-left and bottom-right alignments only differ when lk != lq; else SDPA's causal kernel
+        keep = ~causal_mask(lq, lk, device=query.device) if lk != lq else None
         out = F.scaled_dot_product_attention(
             q,
             k,

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-import torch
-
 from megatron_polar.data.batch import RewardBatch
+from megatron_polar.data.batching import place_rows
 
 
 def padded_length(n: int, pad_multiple: int) -> int:
@@ -33,54 +31,26 @@ def collate_sequences(
     ``seq_length`` defaults to the longest sequence rounded up to ``pad_multiple``. With
     ``explicit_mask`` a boolean causal mask (True = masked) is attached; without it both specs attend
     causally (SDPA's causal kernel, TE's causal mask type). Padding sits after the reward token, so
-    causal attention keeps it out of every reward.
+    causal attention keeps it out of every reward. The rows are the padded layout of
+    ``data.batching.place_rows``: every row is one sequence from column 0, so the mask and the position
+    ids are broadcast views of one cached causal mask and one ``arange`` (no per-row ``O(s^2)`` memory).
     """
     if not seqs:
         raise ValueError("collate_sequences needs at least one sequence")
     lengths = [len(s) for s in seqs]
     if seq_length is None:
         seq_length = padded_length(max(lengths), pad_multiple)
-    rows = len(seqs)
-    tokens = np.full((rows, seq_length), pad_id, dtype=np.int64)
-    for r, (seq, n) in enumerate(zip(seqs, lengths)):
+    for r, n in enumerate(lengths):
         if not 0 < n <= seq_length:
             raise ValueError(f"sequence {r} has {n} tokens; it must have 1..{seq_length}")
-        tokens[r, :n] = seq
-    ends = np.arange(rows, dtype=np.int64) * seq_length + np.asarray(lengths, dtype=np.int64) - 1
-    # Every row is one sequence starting at 0: one shared causal mask and position row, broadcast (views,
-    # no per-row O(s^2) memory), cached per length because a server meets the same few lengths again.
-    mask = _causal_mask(seq_length).expand(rows, 1, -1, -1) if explicit_mask else None
+    placed = place_rows([[(0, [seq])] for seq in seqs], seq_length, pad_id, pad_tail="extend")
     return RewardBatch(
-        tokens=torch.from_numpy(tokens),
-        position_ids=_positions(seq_length).expand(rows, -1),
-        reward_index=torch.from_numpy(ends).view(rows, 1),
-        attention_mask=mask,
-        num_real_tokens=sum(lengths),
+        tokens=placed.tokens,
+        position_ids=placed.position_ids(),
+        reward_index=placed.reward_index.view(-1, 1),
+        attention_mask=placed.attention_mask() if explicit_mask else None,
+        num_real_tokens=placed.num_real_tokens,
     )
-
-
-_shared: dict[str, torch.Tensor] = {}
-
-
-def _causal_mask(seq_length: int) -> torch.Tensor:
-    """Boolean ``[1, 1, s, s]``, True above the diagonal (masked).
-
-    The top-left ``s x s`` corner of a larger causal mask is the causal mask of length ``s``, so one
-    tensor (grown to the longest length met, in steps of 256) serves every batch as a read-only view.
-    """
-    mask = _shared.get("mask")
-    if mask is None or mask.shape[0] < seq_length:
-        n = padded_length(seq_length, 256)
-        mask = _shared["mask"] = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
-    return mask[:seq_length, :seq_length].view(1, 1, seq_length, seq_length)
-
-
-def _positions(seq_length: int) -> torch.Tensor:
-    """``[[0, 1, ..., s-1]]`` as a view of one shared ``arange``."""
-    pos = _shared.get("positions")
-    if pos is None or pos.shape[0] < seq_length:
-        pos = _shared["positions"] = torch.arange(padded_length(seq_length, 256))
-    return pos[:seq_length].view(1, seq_length)
 
 
 def plan_micro_batches(
