@@ -19,22 +19,28 @@ from megatron_polar.data.pair_dataset import (
 REWARD = 4
 
 
-def write_dataset(prefix: str, pairs, *, reward: int = REWARD, pairs_written: int | None = None) -> None:
-    """A hand-built pair dataset: each pair is one document of two sequences."""
+def write_documents(prefix: str, documents, *, reward: int = REWARD, pairs_written: int) -> None:
+    """A hand-built dataset with megatron-core's own builder: each document a list of sequences."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
-    for chosen, rejected in pairs:
-        builder.add_document(np.array(chosen + rejected), [len(chosen), len(rejected)])
+    for sequences in documents:
+        builder.add_document(np.array([t for seq in sequences for t in seq]), [len(seq) for seq in sequences])
     builder.finalize(prefix + ".idx")
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "tokenizer": {"reward_token_id": reward},
-        "counts": {"pairs_written": len(pairs) if pairs_written is None else pairs_written},
+        "counts": {"pairs_written": pairs_written},
     }
     with open(manifest_path(prefix), "w") as f:
         json.dump(manifest, f)
+
+
+def write_dataset(prefix: str, pairs, *, reward: int = REWARD, pairs_written: int | None = None) -> None:
+    """A hand-built pair dataset: each pair is one document of two sequences."""
+    written = len(pairs) if pairs_written is None else pairs_written
+    write_documents(prefix, [list(pair) for pair in pairs], reward=reward, pairs_written=written)
 
 
 PAIRS = [([1, 5, 6, REWARD], [1, 7, REWARD]), ([1, 8, REWARD], [1, 9, 9, 9, REWARD])]
@@ -91,22 +97,8 @@ def test_inconsistencies_name_the_file(tmp_path):
 
 
 def test_documents_must_hold_two_sequences(tmp_path):
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
     prefix = str(tmp_path / "three")
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
-    builder.add_document(np.array([1, REWARD, 1, REWARD, 1, REWARD]), [2, 2, 2])
-    builder.finalize(prefix + ".idx")
-    with open(manifest_path(prefix), "w") as f:
-        json.dump(
-            {
-                "format": FORMAT_NAME,
-                "format_version": FORMAT_VERSION,
-                "tokenizer": {"reward_token_id": REWARD},
-                "counts": {"pairs_written": 1},
-            },
-            f,
-        )
+    write_documents(prefix, [[[1, REWARD], [1, REWARD], [1, REWARD]]], pairs_written=1)
     with pytest.raises(DatasetError, match=r"three\.idx: some documents do not hold exactly 2"):
         open_pair_dataset(prefix)
 
@@ -160,23 +152,8 @@ def test_index_damage_is_found_without_reading_the_whole_index(tmp_path):
 
 
 def test_uneven_documents_with_the_right_totals_are_found_by_sampling(tmp_path):
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
     # 2 documents, 4 sequences (as two pairs would have) but split 1 + 3: only the boundaries differ.
     prefix = str(tmp_path / "uneven")
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
-    builder.add_document(np.array([1, REWARD]), [2])
-    builder.add_document(np.array([1, REWARD, 1, REWARD, 1, REWARD]), [2, 2, 2])
-    builder.finalize(prefix + ".idx")
-    with open(manifest_path(prefix), "w") as f:
-        json.dump(
-            {
-                "format": FORMAT_NAME,
-                "format_version": FORMAT_VERSION,
-                "tokenizer": {"reward_token_id": REWARD},
-                "counts": {"pairs_written": 2},
-            },
-            f,
-        )
+    write_documents(prefix, [[[1, REWARD]], [[1, REWARD], [1, REWARD], [1, REWARD]]], pairs_written=2)
     with pytest.raises(DatasetError, match=r"uneven\.idx: some documents do not hold exactly 2"):
         open_pair_dataset(prefix)
